@@ -1,0 +1,65 @@
+"""Invertible 1×1 convolution, LU-parameterised (SPEC §2, flow step 1).
+
+`W = P · (L_strict + I) · (U_strict + diag(sign · exp(log_abs_s)))`, `y = x · Wᵀ` at every pixel,
+`log_det = H·W·Σ log_abs_s`. `P` and `sign` are constants: they live in the params under the keys
+listed in `CONSTANT_KEYS`, pass through `stop_gradient` here, and the trainer must not update them
+(`jglow.trainable_mask`).
+"""
+
+import dataclasses
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import scipy.linalg
+from jax import lax
+
+from jglow.numerics import numpy_generator
+
+CONSTANT_KEYS = ("perm", "sign")
+
+
+@dataclasses.dataclass(frozen=True)
+class InvConv1x1:
+    channels: int
+
+    def init(self, key):
+        """LU of a random orthogonal matrix, so the map starts as a rotation (log-det 0)."""
+        rng = numpy_generator(key)
+        q, _ = scipy.linalg.qr(rng.standard_normal((self.channels, self.channels)))
+        perm, lower, upper = scipy.linalg.lu(q)
+        diag = np.diag(upper)
+        params = {"lower": np.tril(lower, -1), "upper": np.triu(upper, 1),
+                  "log_abs_s": np.log(np.abs(diag)), "perm": perm, "sign": np.sign(diag)}
+        return {name: jnp.asarray(value, jnp.float32) for name, value in params.items()}
+
+    def _factors(self, params):
+        """`(P, L, U)` with unit-diagonal `L`; masks keep only the strict triangles of the params."""
+        perm, sign = (lax.stop_gradient(params[k]) for k in CONSTANT_KEYS)
+        eye = jnp.eye(self.channels, dtype=params["lower"].dtype)
+        lower = jnp.tril(params["lower"], -1) + eye
+        upper = jnp.triu(params["upper"], 1) + jnp.diag(sign * jnp.exp(params["log_abs_s"]))
+        return perm, lower, upper
+
+    def weight(self, params):
+        """`(C, C)` matrix `W = P·L·U`."""
+        perm, lower, upper = self._factors(params)
+        return perm @ lower @ upper
+
+    def inverse_weight(self, params):
+        """`(C, C)` matrix `W⁻¹ = U⁻¹ L⁻¹ Pᵀ` by triangular solves."""
+        perm, lower, upper = self._factors(params)
+        eye = jnp.eye(self.channels, dtype=lower.dtype)
+        lower_inv = jax.scipy.linalg.solve_triangular(lower, eye, lower=True, unit_diagonal=True)
+        return jax.scipy.linalg.solve_triangular(upper, lower_inv @ perm.T, lower=False)
+
+    def forward(self, params, x, cond=None):
+        return x @ self.weight(params).T, self._log_det(params, x)
+
+    def inverse(self, params, y, cond=None):
+        return y @ self.inverse_weight(params).T, -self._log_det(params, y)
+
+    @staticmethod
+    def _log_det(params, x):
+        n, h, w, _ = x.shape
+        return jnp.full((n,), h * w * jnp.sum(params["log_abs_s"]), x.dtype)

@@ -1,0 +1,239 @@
+"""The multi-scale conditional Glow (SPEC §2–3): parameters, likelihood, sampling, encode/decode.
+
+Forward (data → latents), per level: squeeze, optional ActNorm, `K` flow steps, split off half
+the channels as that level's latent; then a final block of `K` steps whose output is the last
+latent. `log p(x | z) = Σ log-dets + Σ prior log-densities` in nats.
+
+Work that depends only on the conditions (the injector CNNs, the conditions' part of every
+coupling CNN, the prior networks) is gathered by `condition(params, z)`; the flow itself is then
+`log_prob_given(params, x, conditioning)`. `log_prob` is the composition of the two; the
+posterior reuses one conditioning for many maps.
+"""
+
+from functools import partial
+from typing import List, Tuple
+
+import flax.struct
+import jax
+import jax.numpy as jnp
+
+from jglow import checks
+from jglow.bijectors import ActNorm, Squeeze, merge, split
+from jglow.bijectors.invconv import CONSTANT_KEYS
+from jglow.config import GlowConfig
+from jglow.flow import FlowStep, StepStack
+from jglow.numerics import split_keys
+from jglow.priors import draw, log_density, make_prior
+
+
+@flax.struct.dataclass
+class GlowParams:
+    """All parameters of a model, with its `GlowConfig` as static (non-array) pytree data.
+
+    `levels[l]` is `{"steps": stacked step params}` (plus `"actnorm"` when enabled), `final` the
+    final block's `{"steps": ...}`, `priors[i]` the prior of latent `i`.
+    """
+
+    config: GlowConfig = flax.struct.field(pytree_node=False)
+    levels: Tuple[dict, ...]
+    final: dict
+    priors: Tuple[dict, ...]
+
+
+# --- structure -------------------------------------------------------------------------------
+
+def _stack(config: GlowConfig, level: int) -> StepStack:
+    _, _, channels = config.level_shape(level)
+    step = FlowStep(channels, config.hidden, config.cond_dim, config.clamp)
+    return StepStack(step, config.steps, config.remat_steps)
+
+
+def _priors(config: GlowConfig):
+    return [make_prior(config.prior, shape, config.cond_hidden, config.cond_dim)
+            for shape in config.latent_shapes()]
+
+
+def _level_blocks(params: GlowParams):
+    """`(spatial shape, StepStack, block params)` for each level and then the final block."""
+    config = params.config
+    blocks = list(params.levels) + [params.final]
+    return [(config.level_shape(l)[:2], _stack(config, l), block) for l, block in enumerate(blocks)]
+
+
+# --- initialisation --------------------------------------------------------------------------
+
+def init(key, config: GlowConfig, x, z) -> GlowParams:
+    """Parameters for `config`; `x (N, H, W, C)`, `z (N, D)` is the batch for data-dependent init.
+
+    Coupling and injector outputs start at zero, invertible convolutions as random rotations,
+    priors as N(0, I); with `config.actnorm`, each ActNorm normalises `x` as it reaches it.
+    """
+    if not isinstance(config, GlowConfig):
+        raise TypeError(f"config must be a GlowConfig, got {type(config).__name__}")
+    x, z = jnp.asarray(x, jnp.float32), jnp.asarray(z, jnp.float32)
+    checks.check_conditions(config, z, checks.check_maps(config, x))
+    params = _random_init(key, config)
+    return _init_actnorm(params, x, z) if config.actnorm else params
+
+
+def _random_init(key, config: GlowConfig) -> GlowParams:
+    key_levels, key_final, key_priors = split_keys(key, 3)
+    level_keys = split_keys(key_levels, config.levels)
+    levels = tuple({"steps": _stack(config, level).init(k)} for level, k in enumerate(level_keys))
+    final = {"steps": _stack(config, config.levels).init(key_final)}
+    prior_keys = split_keys(key_priors, config.levels + 1)
+    priors = tuple(prior.init(k) for prior, k in zip(_priors(config), prior_keys))
+    return GlowParams(config=config, levels=levels, final=final, priors=priors)
+
+
+@jax.jit
+def _init_actnorm(params: GlowParams, x, z) -> GlowParams:
+    """Adds to each level an ActNorm that normalises the batch `x` where it reaches that level."""
+    levels = []
+    for (height, width), stack, block in _level_blocks(params)[:-1]:
+        x, _ = Squeeze().forward({}, x)
+        block = dict(block, actnorm=ActNorm().init(None, x))
+        x, _ = ActNorm().forward(block["actnorm"], x)
+        x, _ = stack.forward(block["steps"], x, stack.condition(block["steps"], z, height, width))
+        x, _ = split(x)
+        levels.append(block)
+    return params.replace(levels=tuple(levels))
+
+
+def trainable_mask(params: GlowParams):
+    """Pytree of bools like `params`: False for the constants of the 1×1 convs (`P`, signs)."""
+    def is_trainable(path, _):
+        last = path[-1]
+        return not (isinstance(last, jax.tree_util.DictKey) and last.key in CONSTANT_KEYS)
+
+    return jax.tree_util.tree_map_with_path(is_trainable, params)
+
+
+# --- the two phases: conditioning, then the flow -----------------------------------------------
+
+def condition(params: GlowParams, z):
+    """Everything that depends only on `z (N, D)`; a pytree whose leaves lead with `N` (or 1)."""
+    blocks = [stack.condition(block["steps"], z, h, w)
+              for (h, w), stack, block in _level_blocks(params)]
+    priors = [prior.mean_log_var(p, z) for prior, p in zip(_priors(params.config), params.priors)]
+    return {"blocks": blocks, "priors": priors}
+
+
+def flow_forward(params: GlowParams, x, conditioning) -> Tuple[List[jax.Array], jax.Array]:
+    """`x (N, H, W, C)` → (list of latents `(N, h, w, c)`, log|det ∂latents/∂x| `(N,)`)."""
+    latents, log_det = [], jnp.zeros(x.shape[:1], x.dtype)
+    blocks = _level_blocks(params)
+    for (_, stack, block), cond in zip(blocks[:-1], conditioning["blocks"]):
+        x, _ = Squeeze().forward({}, x)
+        if "actnorm" in block:
+            x, block_log_det = ActNorm().forward(block["actnorm"], x)
+            log_det += block_log_det
+        x, block_log_det = stack.forward(block["steps"], x, cond)
+        log_det += block_log_det
+        x, latent = split(x)
+        latents.append(latent)
+    _, final_stack, final_block = blocks[-1]
+    x, block_log_det = final_stack.forward(final_block["steps"], x, conditioning["blocks"][-1])
+    latents.append(x)
+    return latents, log_det + block_log_det
+
+
+def flow_inverse(params: GlowParams, latents, conditioning):
+    """Inverse of `flow_forward`: latents → (`x (N, H, W, C)`, log|det ∂x/∂latents| `(N,)`)."""
+    blocks = _level_blocks(params)
+    _, final_stack, final_block = blocks[-1]
+    x, log_det = final_stack.inverse(final_block["steps"], latents[-1], conditioning["blocks"][-1])
+    for (_, stack, block), cond, latent in reversed(
+            list(zip(blocks[:-1], conditioning["blocks"][:-1], latents[:-1]))):
+        x = merge(x, latent)
+        x, block_log_det = stack.inverse(block["steps"], x, cond)
+        log_det += block_log_det
+        if "actnorm" in block:
+            x, block_log_det = ActNorm().inverse(block["actnorm"], x)
+            log_det += block_log_det
+        x, _ = Squeeze().inverse({}, x)
+    return x, log_det
+
+
+def log_prob_given(params: GlowParams, x, conditioning):
+    """`log p(x | z)` in nats `(N,)`, with `conditioning = condition(params, z)` precomputed."""
+    latents, log_det = flow_forward(params, x, conditioning)
+    prior_terms = [log_density(latent, mlv) for latent, mlv in zip(latents, conditioning["priors"])]
+    return log_det + sum(prior_terms)
+
+
+# --- public API (validated, jit-compiled) ----------------------------------------------------
+
+@jax.jit
+def _log_prob(params, x, z):
+    return log_prob_given(params, x, condition(params, z))
+
+
+@jax.jit
+def _encode(params, x, z):
+    latents, _ = flow_forward(params, x, condition(params, z))
+    return _flatten(latents)
+
+
+@jax.jit
+def _decode(params, latents, z):
+    x, _ = flow_inverse(params, _unflatten(params.config, latents), condition(params, z))
+    return x
+
+
+@jax.jit
+def _sample(params, key, z, temperature):
+    conditioning = condition(params, z)
+    keys = jax.random.split(key, len(conditioning["priors"]))
+    latents = [draw(k, mlv, z.shape[0], temperature) for k, mlv in zip(keys, conditioning["priors"])]
+    x, _ = flow_inverse(params, latents, conditioning)
+    return x
+
+
+def _flatten(latents):
+    return jnp.concatenate([latent.reshape(latent.shape[0], -1) for latent in latents], axis=1)
+
+
+def _unflatten(config: GlowConfig, flat):
+    sizes = [h * w * c for h, w, c in config.latent_shapes()]
+    starts = [sum(sizes[:i]) for i in range(len(sizes))]
+    return [flat[:, s:s + n].reshape(flat.shape[0], *shape)
+            for s, n, shape in zip(starts, sizes, config.latent_shapes())]
+
+
+def _validated(params, x, z):
+    checks.check_params(params)
+    x, z = jnp.asarray(x, jnp.float32), jnp.asarray(z, jnp.float32)
+    checks.check_conditions(params.config, z, checks.check_maps(params.config, x))
+    return x, z
+
+
+def log_prob(params: GlowParams, x, z):
+    """`log p(x | z)` in nats, `(N,)`, for maps `x (N, H, W, C)` and conditions `z (N, D)`."""
+    return _log_prob(params, *_validated(params, x, z))
+
+
+def encode(params: GlowParams, x, z):
+    """Latents of `x (N, H, W, C)` as the flow emits them, levels concatenated: `(N, H·W·C)`."""
+    return _encode(params, *_validated(params, x, z))
+
+
+def decode(params: GlowParams, latents, z):
+    """Inverse of `encode`: `latents (N, H·W·C)`, `z (N, D)` → maps `(N, H, W, C)`."""
+    checks.check_params(params)
+    latents, z = jnp.asarray(latents, jnp.float32), jnp.asarray(z, jnp.float32)
+    checks.check_conditions(params.config, z, checks.check_latents(params.config, latents))
+    return _decode(params, latents, z)
+
+
+def sample(params: GlowParams, key, z, temperature=1.0):
+    """Maps `(N, H, W, C)` drawn from `p(x | z)` at `temperature`, one per row of `z (N, D)`.
+
+    Each latent is drawn from its own prior, `ε = μ(z) + T·exp(v(z)/2)·n`, then inverted.
+    """
+    checks.check_params(params)
+    z = jnp.asarray(z, jnp.float32)
+    checks.check_conditions(params.config, z, z.shape[0] if z.ndim == 2 else -1)
+    if not float(temperature) >= 0.0:
+        raise ValueError(f"temperature must be a non-negative number, got {temperature}")
+    return _sample(params, key, z, jnp.float32(temperature))

@@ -1,0 +1,165 @@
+"""Conditioner networks as `flax.linen` modules (SPEC §2).
+
+Their parameters are plain pytrees handed to `module.apply`; the bijectors own the modules.
+The first two convolutions of every CNN start from N(0, 0.05²) weights and zero bias; the last
+layer is a `ZeroConv`, so every step starts close to the identity.
+
+Initial values are set by parameter *name* (`INITIAL_STD`): the same rule serves `module.init`
+and `numpy_init`, which draws the values with numpy. The model uses `numpy_init` because XLA on
+CPU takes seconds to compile each random draw, which made initialising the paper model take a
+minute; numpy takes milliseconds.
+"""
+
+import functools
+import math
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from jglow.numerics import conv2d
+
+# Standard deviation of the initial values of each parameter name: a number, "fan_in" for
+# N(0, 1/fan_in) (the LeCun normal), or 0 for zeros.
+INITIAL_STD = {
+    "kernel": 0.05, "kernel_x": 0.05, "kernel_cond": 0.05, "bias": 0.0,
+    "zero_kernel": 0.0, "zero_bias": 0.0, "log_gain": 0.0,
+    "dense_kernel": "fan_in", "dense_bias": 0.0,
+}
+
+
+def _initial_std(name, shape):
+    std = INITIAL_STD[name]
+    return 1.0 / math.sqrt(math.prod(shape[:-1])) if std == "fan_in" else std
+
+
+def _param(module: nn.Module, name: str, shape):
+    """Declares parameter `name` of `shape`, initialised by `INITIAL_STD[name]`."""
+    def initializer(key, shape):
+        return _initial_std(name, shape) * jax.random.normal(key, shape)
+
+    return module.param(name, initializer, shape)
+
+
+def numpy_init(module: nn.Module, rng: np.random.Generator, *inputs, method=None):
+    """`module`'s parameters for inputs shaped like `inputs`, drawn with numpy (no compilation)."""
+    shapes = _param_shapes(module, tuple(jax.ShapeDtypeStruct(x.shape, x.dtype) for x in inputs), method)
+
+    def draw(path, leaf):
+        std = _initial_std(path[-1].key, leaf.shape)
+        return jnp.asarray(std * rng.standard_normal(leaf.shape), jnp.float32)
+
+    return jax.tree_util.tree_map_with_path(draw, shapes)
+
+
+@functools.lru_cache(maxsize=None)
+def _param_shapes(module: nn.Module, inputs, method):
+    """The parameter shapes of `module` for abstract `inputs` (traced once per signature)."""
+    return jax.eval_shape(lambda *xs: module.init(jax.random.PRNGKey(0), *xs, method=method),
+                          *inputs)["params"]
+
+
+class Conv(nn.Module):
+    """Convolution with a square `size × size` kernel, zero 'same' padding, `(N,H,W,Cin) -> (N,H,W,features)`."""
+
+    features: int
+    size: int = 3
+
+    @nn.compact
+    def __call__(self, x):
+        kernel = _param(self, "kernel", (self.size, self.size, x.shape[-1], self.features))
+        return conv2d(x, kernel) + _param(self, "bias", (self.features,))
+
+
+class ZeroConv(nn.Module):
+    """3×3 conv on the input padded with ones, zero-initialised, output scaled by `exp(3·g)`."""
+
+    features: int
+
+    @nn.compact
+    def __call__(self, x):
+        kernel = _param(self, "zero_kernel", (3, 3, x.shape[-1], self.features))
+        bias = _param(self, "zero_bias", (self.features,))
+        log_gain = _param(self, "log_gain", (self.features,))
+        padded = jnp.pad(x, ((0, 0), (1, 1), (1, 1), (0, 0)), constant_values=1.0)
+        return (conv2d(padded, kernel, "VALID") + bias) * jnp.exp(3.0 * log_gain)
+
+
+class Dense(nn.Module):
+    """Affine layer `(N, Din) -> (N, features)`; `zero=True` starts it at zero."""
+
+    features: int
+    zero: bool = False
+
+    @nn.compact
+    def __call__(self, x):
+        prefix = "zero" if self.zero else "dense"
+        kernel = _param(self, f"{prefix}_kernel", (x.shape[-1], self.features))
+        return x @ kernel + _param(self, f"{prefix}_bias", (self.features,))
+
+
+class InjectorNet(nn.Module):
+    """Affine-injector CNN: 3×3 conv, ReLU, 1×1 conv, ReLU, ZeroConv → `2·channels` outputs.
+
+    Input: the conditions as a constant field `(N, h, w, D)`; output `(N, h, w, 2·channels)`.
+    """
+
+    hidden: int
+    channels: int
+
+    @nn.compact
+    def __call__(self, cond_field):
+        h = nn.relu(Conv(self.hidden, 3)(cond_field))
+        h = nn.relu(Conv(self.hidden, 1)(h))
+        return ZeroConv(2 * self.channels)(h)
+
+
+class CouplingNet(nn.Module):
+    """Coupling CNN on `concat(xa, conditions)`: 3×3 conv, ReLU, 1×1 conv, ReLU, ZeroConv → `channels`.
+
+    The first convolution is linear in its input, so it is split exactly into a part on `xa` and
+    a part on the constant condition field (`condition_term`), which is computed once on a 3×3
+    field (see `jglow.constant_field`) and passed in expanded.
+    """
+
+    hidden: int
+    channels: int
+    cond_dim: int
+
+    def setup(self):
+        self.kernel_x = _param(self, "kernel_x", (3, 3, self.channels // 2, self.hidden))
+        self.kernel_cond = _param(self, "kernel_cond", (3, 3, self.cond_dim, self.hidden))
+        self.bias = _param(self, "bias", (self.hidden,))
+        self.middle = Conv(self.hidden, 1)
+        self.out = ZeroConv(self.channels)
+
+    def condition_term(self, cond_field):
+        """`(N, h, w, D)` constant field → `(N, h, w, hidden)`: the conditions' part of conv 1, with bias."""
+        return conv2d(cond_field, self.kernel_cond) + self.bias
+
+    def __call__(self, xa, cond_term):
+        """`xa (N, H, W, c/2)`, `cond_term (N or 1, H, W, hidden)` → `(N, H, W, c)`."""
+        h = nn.relu(conv2d(xa, self.kernel_x) + cond_term)
+        h = nn.relu(self.middle(h))
+        return self.out(h)
+
+    def init_all(self, xa, cond_field):
+        """Touches every parameter (for `init`); `cond_field` must have the spatial shape of `xa`."""
+        return self(xa, self.condition_term(cond_field))
+
+
+class PriorMLP(nn.Module):
+    """Linear(D→h), ReLU, Linear(h→h), ReLU, Linear(h→size); `(N, D) -> (N, size)`.
+
+    The last layer starts at zero, so a conditional prior starts as N(0, I).
+    """
+
+    hidden: int
+    size: int
+
+    @nn.compact
+    def __call__(self, z):
+        h = nn.relu(Dense(self.hidden)(z))
+        h = nn.relu(Dense(self.hidden)(h))
+        return Dense(self.size, zero=True)(h)

@@ -1,0 +1,165 @@
+"""Every bijector: inverse(forward(x)) == x, log-dets cancel and equal slogdet of the Jacobian."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import jglow
+from jglow import constant_field
+from jglow.bijectors import ActNorm, AffineInjector, ConditionalCoupling, InvConv1x1, Squeeze, merge, split
+from jglow.nets import InjectorNet
+from jglow.numerics import conv2d
+
+from helpers import adam_steps
+
+CHANNELS, SIDE, COND_DIM = 4, 6, 2  # 6 > 5, so the injector's small-field expansion is exercised
+
+
+def _inputs(n=3, seed=0):
+    key_x, key_z = jax.random.split(jax.random.PRNGKey(seed))
+    x = 1.5 * jax.random.normal(key_x, (n, SIDE, SIDE, CHANNELS)) + 0.3
+    z = jax.random.uniform(key_z, (n, COND_DIM), minval=-1.0, maxval=1.0)
+    return x, z
+
+
+def _condition(bijector, params, z):
+    if hasattr(bijector, "condition"):
+        return bijector.condition(params, z, SIDE, SIDE)
+    return None
+
+
+def _moved_params(bijector, params, x, z):
+    """A few Adam steps of a Gaussian fit through the bijector, so no parameter sits at its init."""
+    def loss(p):
+        y, log_det = bijector.forward(p, x, _condition(bijector, p, z))
+        return jnp.mean(0.5 * jnp.sum(jnp.square(y), axis=(1, 2, 3)) - log_det)
+
+    return adam_steps(loss, params, jglow.trainable_mask(params), steps=4, learning_rate=0.1)
+
+
+def _cases():
+    key = jax.random.PRNGKey(1)
+    x, _ = _inputs()
+    return {
+        "squeeze": (Squeeze(), {}),
+        "actnorm": (ActNorm(), ActNorm().init(key, x)),
+        "invconv": (InvConv1x1(CHANNELS), InvConv1x1(CHANNELS).init(key)),
+        "injector": (AffineInjector(CHANNELS, 8, COND_DIM), AffineInjector(CHANNELS, 8, COND_DIM).init(key)),
+        "coupling": (ConditionalCoupling(CHANNELS, 8, COND_DIM, 1e-3),
+                     ConditionalCoupling(CHANNELS, 8, COND_DIM, 1e-3).init(key)),
+    }
+
+
+@pytest.fixture(scope="module", params=list(_cases()))
+def moved(request):
+    bijector, params = _cases()[request.param]
+    x, z = _inputs()
+    if params:
+        params = _moved_params(bijector, params, x, z)
+    return request.param, bijector, params
+
+
+def test_optimizer_moved_every_trainable_parameter(moved):
+    name, bijector, params = moved
+    initial = _cases()[name][1]
+    mask = jglow.trainable_mask(initial)
+    for before, after, trainable in zip(jax.tree_util.tree_leaves(initial), jax.tree_util.tree_leaves(params),
+                                        jax.tree_util.tree_leaves(mask)):
+        if trainable:
+            assert not np.allclose(before, after), f"{name}: a parameter did not move"
+        else:
+            np.testing.assert_array_equal(before, after)
+
+
+def test_inverse_of_forward_is_identity_and_log_dets_cancel(moved):
+    _, bijector, params = moved
+    x, z = _inputs(seed=3)
+    cond = _condition(bijector, params, z)
+    y, forward_log_det = bijector.forward(params, x, cond)
+    x_back, inverse_log_det = bijector.inverse(params, y, cond)
+    np.testing.assert_allclose(x_back, x, atol=1e-5)
+    np.testing.assert_allclose(forward_log_det + inverse_log_det, 0.0, atol=1e-4)
+    assert forward_log_det.shape == (x.shape[0],)
+
+
+def test_log_det_equals_slogdet_of_jacobian(moved):
+    _, bijector, params = moved
+    x, z = _inputs(n=1, seed=4)
+    cond = _condition(bijector, params, z)
+
+    def flat_forward(flat):
+        y, _ = bijector.forward(params, flat.reshape(x.shape), cond)
+        return y.ravel()
+
+    jacobian = jax.jacfwd(flat_forward)(x.ravel())
+    sign, log_abs_det = jnp.linalg.slogdet(jacobian)
+    _, log_det = bijector.forward(params, x, cond)
+    assert sign != 0
+    np.testing.assert_allclose(log_det[0], log_abs_det, rtol=1e-4, atol=2e-3)
+
+
+def test_squeeze_puts_each_2x2_block_into_channels_in_documented_order():
+    x = jnp.arange(2 * 4 * 4 * 3, dtype=jnp.float32).reshape(2, 4, 4, 3)
+    y, _ = Squeeze().forward({}, x)
+    assert y.shape == (2, 2, 2, 12)
+    for c in range(3):
+        for dy in range(2):
+            for dx in range(2):
+                np.testing.assert_array_equal(y[:, :, :, 4 * c + 2 * dy + dx], x[:, dy::2, dx::2, c])
+
+
+def test_split_and_merge_are_inverse():
+    x, _ = _inputs()
+    kept, latent = split(x)
+    assert kept.shape[-1] == latent.shape[-1] == CHANNELS // 2
+    np.testing.assert_array_equal(merge(kept, latent), x)
+
+
+def test_actnorm_normalises_its_init_batch_and_guards_constant_channels():
+    x, _ = _inputs()
+    x = x.at[..., 1].set(7.0)  # a constant channel
+    params = ActNorm().init(None, x)
+    y, _ = ActNorm().forward(params, x)
+    np.testing.assert_allclose(jnp.mean(y, axis=(0, 1, 2)), 0.0, atol=1e-5)
+    np.testing.assert_allclose(jnp.std(y, axis=(0, 1, 2))[jnp.array([0, 2, 3])], 1.0, atol=1e-4)
+    assert float(params["log_scale"][1]) == 0.0
+
+
+def test_invconv_weight_times_inverse_is_identity_and_constants_get_no_gradient():
+    bijector = InvConv1x1(8)
+    params = bijector.init(jax.random.PRNGKey(0))
+    np.testing.assert_allclose(bijector.weight(params) @ bijector.inverse_weight(params), jnp.eye(8), atol=1e-5)
+    x, _ = _inputs()
+    grads = jax.grad(lambda p: jnp.sum(InvConv1x1(CHANNELS).forward(p, x)[0] ** 2))(
+        InvConv1x1(CHANNELS).init(jax.random.PRNGKey(0)))
+    assert float(jnp.abs(grads["perm"]).max()) == 0.0 and float(jnp.abs(grads["sign"]).max()) == 0.0
+    assert float(jnp.abs(grads["lower"]).max()) > 0.0
+
+
+@pytest.mark.parametrize("side", [1, 3, 5, 6, 9, 16])
+def test_small_field_expansion_equals_the_full_constant_field(side):
+    """The injector CNN on the full (side × side) constant field equals the 5×5 field expanded."""
+    bijector = AffineInjector(CHANNELS, 8, COND_DIM)
+    params = jax.tree_util.tree_map(
+        lambda leaf: leaf + 0.3 * jax.random.normal(jax.random.PRNGKey(leaf.size), leaf.shape),
+        bijector.init(jax.random.PRNGKey(2)))
+    _, z = _inputs()
+    full_field = jnp.broadcast_to(z[:, None, None, :], (z.shape[0], side, side, COND_DIM))
+    full = InjectorNet(8, CHANNELS).apply({"params": params}, full_field)
+    small = InjectorNet(8, CHANNELS).apply({"params": params}, constant_field.constant_field(z, side, side, 2))
+    np.testing.assert_allclose(constant_field.expand(small, side, side, 2), full, atol=1e-5)
+
+
+def test_split_coupling_conv_equals_conv_of_the_concatenation():
+    """conv(concat(xa, z-field)) == conv(xa) + the 3×3-field condition term, expanded."""
+    bijector = ConditionalCoupling(CHANNELS, 8, COND_DIM)
+    params = bijector.init(jax.random.PRNGKey(3))
+    x, z = _inputs()
+    xa = x[..., : CHANNELS // 2]
+    full_field = jnp.broadcast_to(z[:, None, None, :], (*xa.shape[:3], COND_DIM))
+    kernel = jnp.concatenate([params["kernel_x"], params["kernel_cond"]], axis=2)
+    direct = conv2d(jnp.concatenate([xa, full_field], axis=-1), kernel) + params["bias"]
+    cond_term = constant_field.expand(bijector.condition(params, z, SIDE, SIDE), SIDE, SIDE, 1)
+    split_form = conv2d(xa, params["kernel_x"]) + cond_term
+    np.testing.assert_allclose(split_form, direct, atol=1e-5)
