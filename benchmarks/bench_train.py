@@ -1,0 +1,156 @@
+"""Training throughput and memory of the trainer's step on this machine (issue 4).
+
+    python benchmarks/bench_train.py [--reference PATH] [--preset paper] [--batch 64] [--steps 3]
+
+Each measurement runs in its own process, so peak memory and forced device counts are its own:
+
+* `jglow`: the trainer's jitted step (`train.main.compiled_functions`: augmentation, forward,
+  backward, clipping, Adam, non-finite guard) on synthetic maps, with and without
+  `remat_steps`; compile seconds, median step seconds after compilation, maps/s, and the peak
+  RSS of the process (`ru_maxrss`, compilation included) and of the timed steps alone (Linux
+  `VmHWM` after resetting it through `/proc/self/clear_refs`);
+* `devices`: the same step with 1, 2 and 4 host devices forced by
+  `XLA_FLAGS=--xla_force_host_platform_device_count=N` (batch sharded over all N);
+* `reference` (with `--reference`, a checkout of friedmanroy/HI-generation): the PyTorch
+  reference's training step (`benchmarks/reference.py: time_train_step`) with its best malloc
+  setting, its peak RSS, and the ratios. Only ratios measured in one run are comparable.
+"""
+
+import argparse
+import json
+import os
+import resource
+import subprocess
+import sys
+
+import common
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+
+
+def _memory_mb(field):
+    """`VmRSS` or `VmHWM` of this process in MB (Linux)."""
+    with open("/proc/self/status") as status:
+        for line in status:
+            if line.startswith(field + ":"):
+                return int(line.split()[1]) / 1024
+    raise RuntimeError(f"{field} not in /proc/self/status")
+
+
+def _peak_rss_mb():
+    """Peak RSS of this process so far, MB."""
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def measure_jglow(preset, batch, steps, remat):
+    """In this process: compile and time the trainer's step; a JSON-able dict."""
+    import dataclasses
+
+    import jax
+    import numpy as np
+
+    import jglow
+    from jglow.data import fit_preprocessing, synthetic_maps
+    from train import parallel
+    from train.config import PRESETS
+    from train.main import compiled_functions
+    from train.state import init_state
+
+    base = PRESETS[preset]()
+    config = dataclasses.replace(base, batch_size=batch,
+                                 model=dataclasses.replace(base.model, remat_steps=remat))
+    mesh = parallel.make_mesh(jax.devices())
+    parallel.check_batch(batch, mesh)
+    maps = synthetic_maps(-(-batch // 15), 15, size=config.model.image_shape[0], seed=1)
+    preprocessing = fit_preprocessing(maps.maps)
+    x = np.asarray(preprocessing.forward_maps(maps.maps))[:batch]
+    z = np.asarray(preprocessing.forward_params(maps.params))[:batch]
+    params = jglow.init(jax.random.key(0), config.model, x[:2], z[:2])
+    state = parallel.replicate(mesh, init_state(config, params, jax.random.key(1)))
+    xs, zs = parallel.global_batch(mesh, x, z)
+    compile_s, step = common.compile_seconds(compiled_functions(config, mesh)["step"],
+                                             state, xs, zs)
+    rss_compiled = _memory_mb("VmRSS")
+    with open("/proc/self/clear_refs", "w") as refs:
+        refs.write("5")  # reset VmHWM to the current RSS
+
+    def one_step():
+        nonlocal state
+        state, metrics = step(state, xs, zs)
+        jax.block_until_ready(metrics)
+
+    seconds = common.median_seconds(one_step, repeats=steps)
+    return {"devices": mesh.size, "remat_steps": remat, "batch": batch, "compile_s": compile_s,
+            "median_step_s": seconds, "maps_per_s": batch / seconds,
+            "rss_after_compile_mb": rss_compiled, "peak_rss_steps_mb": _memory_mb("VmHWM"),
+            "peak_rss_process_mb": _peak_rss_mb()}
+
+
+def measure_reference(path, batch, steps):
+    """In this process: the PyTorch reference's training step; a JSON-able dict."""
+    common.add_reference_path(path)
+    import reference
+
+    model = reference.build_reference(path)
+    timing = reference.time_train_step(model, batch=batch, repeats=steps)
+    return {"batch": batch, "median_step_s": timing["median_s"],
+            "maps_per_s": timing["maps_per_s"], "peak_rss_process_mb": _peak_rss_mb(),
+            "malloc_env": {k: os.environ.get(k) for k in reference.MALLOC_ENV}}
+
+
+def _in_child(task, env=None):
+    """Run `task` (a JSON dict) in a fresh `python bench_train.py --child` process."""
+    done = subprocess.run([sys.executable, os.path.abspath(__file__), "--child", json.dumps(task)],
+                          env=dict(os.environ, **(env or {})), capture_output=True, text=True)
+    if done.returncode:
+        return {"error": done.stderr.strip().splitlines()[-1:], "task": task}
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def _run_child(task):
+    if task["kind"] == "jglow":
+        result = measure_jglow(task["preset"], task["batch"], task["steps"], task["remat"])
+    else:
+        result = measure_reference(task["path"], task["batch"], task["steps"])
+    print(json.dumps(result))
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--reference", help="checkout of friedmanroy/HI-generation")
+    parser.add_argument("--preset", default="paper", choices=("paper", "quick"))
+    parser.add_argument("--batch", type=int, default=64)
+    parser.add_argument("--steps", type=int, default=3, help="timed steps after compilation")
+    parser.add_argument("--child", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.child:
+        return _run_child(json.loads(args.child))
+
+    task = {"kind": "jglow", "preset": args.preset, "batch": args.batch, "steps": args.steps}
+    result = {"preset": args.preset, "batch": args.batch, "cpu_count": os.cpu_count(),
+              "loadavg_start": os.getloadavg()}
+    result["jglow"] = _in_child(dict(task, remat=False))
+    result["jglow_remat"] = _in_child(dict(task, remat=True))
+    result["devices"] = {1: result["jglow"]}
+    for n in (2, 4):
+        flags = f"{os.environ.get('XLA_FLAGS', '')} --xla_force_host_platform_device_count={n}"
+        result["devices"][n] = _in_child(dict(task, remat=False), {"XLA_FLAGS": flags.strip()})
+    if args.reference:
+        sys.path.insert(0, HERE)
+        import reference  # only for MALLOC_ENV: torch is imported in the child
+
+        result["reference"] = _in_child({"kind": "reference", "path": args.reference,
+                                         "batch": args.batch, "steps": args.steps},
+                                        reference.MALLOC_ENV)
+        for name in ("jglow", "jglow_remat"):
+            if "maps_per_s" in result[name] and "maps_per_s" in result["reference"]:
+                ours, theirs = result[name], result["reference"]
+                result[f"{name}_vs_reference"] = {
+                    "throughput_ratio": ours["maps_per_s"] / theirs["maps_per_s"],
+                    "peak_rss_ratio": ours["peak_rss_process_mb"] / theirs["peak_rss_process_mb"]}
+    result["loadavg_end"] = os.getloadavg()
+    common.print_json(result)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,283 @@
+"""The trainer end to end on a tiny model (16×16 synthetic maps, 2 levels × 2 steps, hidden 8).
+
+One uninterrupted reference run (module fixture) is shared: it must learn, write its files and
+export a loadable model, and a run of the same flags killed with SIGKILL and resumed must end
+on exactly its state.
+"""
+
+import functools
+import json
+import os
+import pathlib
+import signal
+import subprocess
+import sys
+import time
+
+import jax
+import numpy as np
+import pytest
+
+import jglow
+from train import checkpoints, parallel
+from train.config import TrainConfig, build_parser, config_from_args
+from train.data import prepare
+from train.main import RunResult, TrainingStopped, compiled_functions, initial_state, main, run
+
+REPO = pathlib.Path(__file__).resolve().parents[1]
+FLAGS = ["--map-size", "16", "--levels", "2", "--steps", "2", "--hidden", "8", "--n-sims", "20",
+         "--batch-size", "16", "--epochs", "3", "--warmup-steps", "5", "--no-progress"]
+"""240 training maps: 15 steps per epoch, 45 in all."""
+TOTAL_STEPS = 45
+
+
+def tiny(*extra) -> TrainConfig:
+    return config_from_args(build_parser().parse_args(FLAGS + list(extra)))
+
+
+@functools.lru_cache(maxsize=1)
+def tiny_data():
+    """`prepare(tiny())`, once per process (every flag of `tiny` uses the same data)."""
+    return prepare(tiny())
+
+
+def saved_state(config: TrainConfig, workdir, step=None):
+    """`(state as host arrays, meta)` of the checkpoint at `step` (default latest) in `workdir`."""
+    mesh = parallel.make_mesh(jax.devices())
+    template = initial_state(config, tiny_data(), mesh)
+    manager = checkpoints.open_manager(workdir, config.keep_checkpoints)
+    state, meta = checkpoints.restore(manager, template, step)
+    manager.close()
+    return parallel.host_value(state), meta
+
+
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory) -> tuple[pathlib.Path, RunResult]:
+    workdir = tmp_path_factory.mktemp("reference")
+    return workdir, run(tiny("--checkpoint-every", "7", "--figure-every", "3"), workdir,
+                        progress=False)
+
+
+def test_training_lowers_the_loss_and_writes_its_files(reference):
+    workdir, result = reference
+    records = [json.loads(line) for line in (workdir / "metrics.jsonl").read_text().splitlines()]
+    val = [r for r in records if r["kind"] == "val"]
+    train = [r for r in records if r["kind"] == "train"]
+    assert [r["epoch"] for r in val] == [1, 2, 3]
+    assert val[-1]["val_bits_per_dim"] < val[0]["val_bits_per_dim"]
+    assert train[-1]["loss"] < train[0]["loss"]
+    assert all(r["nonfinite_total"] == 0 for r in train)
+    assert val[0]["exact_bits_per_dim"] < val[-1]["val_bits_per_dim"]  # the best possible
+    assert result.reason == "finished" and int(result.state.step) == TOTAL_STEPS
+    steps = sorted(int(p.name) for p in (workdir / "checkpoints").iterdir() if p.name.isdigit())
+    assert steps[-1] == TOTAL_STEPS
+    for name in ("samples.png", "loss.png", "power.png"):
+        size = (workdir / "figures" / name).stat().st_size
+        assert 5_000 < size < 200_000, (name, size)
+    split = json.loads((workdir / "split.json").read_text())
+    assert not set(split["train"]) & (set(split["val"]) | set(split["test"]))
+
+
+def test_loaded_model_matches_the_trainer(reference):
+    workdir, result = reference
+    loaded = jglow.load(workdir)
+    assert loaded.config == result.model.config
+    assert loaded.preprocessing == result.model.preprocessing
+    data = tiny_data()
+    log_p = np.asarray(jglow.log_prob(loaded.params, data.val.x, data.val.z))
+    np.testing.assert_array_equal(
+        log_p, np.asarray(jglow.log_prob(result.model.params, data.val.x, data.val.z)))
+    best = min(r["val_nll"] for r in map(json.loads, (workdir / "metrics.jsonl").open())
+               if r["kind"] == "val")
+    np.testing.assert_allclose(-np.mean(log_p), best, rtol=1e-5)
+
+
+def test_constants_of_the_invertible_convolutions_never_move(reference):
+    _, result = reference
+    config = tiny()
+    start = initial_state(config, tiny_data(), parallel.make_mesh(jax.devices()))
+    mask = jax.tree_util.tree_leaves(jglow.trainable_mask(start.params))
+    before = jax.tree_util.tree_leaves(start.params)
+    after = jax.tree_util.tree_leaves(result.state.params)
+    frozen = [(b, a) for trainable, b, a in zip(mask, before, after) if not trainable]
+    assert frozen and all(np.array_equal(b, a) for b, a in frozen)
+    assert not all(np.array_equal(b, a) for trainable, b, a in zip(mask, before, after)
+                   if trainable)
+
+
+def test_sigkilled_run_resumes_to_the_same_state(reference, tmp_path):
+    _, uninterrupted = reference
+    command = [sys.executable, "-m", "train.main", *FLAGS, "--workdir", str(tmp_path / "w"),
+               "--checkpoint-every", "3", "--figure-every", "0"]
+    # The resumed process reuses what the killed one compiled.
+    env = dict(os.environ, JAX_COMPILATION_CACHE_DIR=str(tmp_path / "compiled"))
+    process = subprocess.Popen(command, cwd=REPO, env=env, stdout=subprocess.DEVNULL,
+                               stderr=subprocess.DEVNULL)
+    checkpoint_dir = tmp_path / "w" / "checkpoints"
+    while process.poll() is None and not (
+            checkpoint_dir.is_dir() and any(p.name.isdigit() for p in checkpoint_dir.iterdir())):
+        time.sleep(0.01)
+    process.send_signal(signal.SIGKILL)
+    assert process.wait() == -signal.SIGKILL, "the run ended before it could be killed"
+    killed_at = max(int(p.name) for p in checkpoint_dir.iterdir() if p.name.isdigit())
+    assert killed_at < TOTAL_STEPS
+    subprocess.run(command, cwd=REPO, env=env, check=True, capture_output=True)
+    resumed, meta = saved_state(tiny(), tmp_path / "w")
+    assert meta["step"] == TOTAL_STEPS and meta["epoch"] == 3 and meta["index"] == 0
+    expected = parallel.host_value(uninterrupted.state)
+    for (path, a), b in zip(jax.tree_util.tree_leaves_with_path(expected),
+                            jax.tree_util.tree_leaves(resumed)):
+        np.testing.assert_array_equal(a, b, err_msg=jax.tree_util.keystr(path))
+    lines = (tmp_path / "w" / "metrics.jsonl").read_text().splitlines()
+    records = [(r["step"], r["kind"]) for r in map(json.loads, lines)]
+    assert records == sorted(records, key=lambda r: r[0]) and len(set(records)) == len(records)
+
+
+def test_rerun_of_a_finished_run_does_nothing(reference, capsys):
+    workdir, _ = reference
+    assert main(FLAGS + ["--workdir", str(workdir)]) == 0
+    assert "already complete" in capsys.readouterr().out
+
+
+def test_workdir_with_another_configuration_is_refused(reference, capsys):
+    workdir, _ = reference
+    assert main(FLAGS + ["--workdir", str(workdir), "--hidden", "4"]) == 2
+    error = capsys.readouterr().err
+    assert "different configuration" in error and "model.hidden: 8 → 4" in error
+    assert "--overwrite" in error
+
+
+def test_overwrite_deletes_only_the_run_files(tmp_path):
+    checkpoints.claim_workdir(tmp_path, tiny(), overwrite=False)
+    (tmp_path / "metrics.jsonl").write_text("{}\n")
+    (tmp_path / "notes.txt").write_text("mine")
+    checkpoints.claim_workdir(tmp_path, tiny("--hidden", "4"), overwrite=True)
+    assert not (tmp_path / "metrics.jsonl").exists() and (tmp_path / "notes.txt").exists()
+    assert json.loads((tmp_path / "run.json").read_text())["model"]["hidden"] == 4
+
+
+@pytest.mark.parametrize("accelerator", ["gpu", "tpu"])
+def test_absent_accelerator_is_refused(accelerator, tmp_path, capsys):
+    assert main(FLAGS + ["--workdir", str(tmp_path), "--accelerator", accelerator]) == 2
+    error = capsys.readouterr().err
+    assert f"--accelerator {accelerator}" in error and "CpuDevice" in error
+
+
+def test_bad_data_path_is_refused(tmp_path, capsys):
+    missing = tmp_path / "no_such_maps.npy"
+    assert main(FLAGS + ["--workdir", str(tmp_path / "w"), "--data", str(missing)]) == 2
+    error = capsys.readouterr().err
+    assert str(missing) in error and "synthetic" in error
+    assert not (tmp_path / "w" / "run.json").exists()  # nothing claimed by a failed start
+
+
+def test_too_many_nonfinite_steps_stop_the_run(tmp_path):
+    config = tiny("--lr", "1e30", "--max-nonfinite", "3", "--checkpoint-every", "1",
+                  "--figure-every", "0")
+    with pytest.raises(TrainingStopped, match=r"3 steps in a row .* last checkpoint \(step 3\)"):
+        run(config, tmp_path, progress=False)
+    steps = sorted(int(p.name) for p in (tmp_path / "checkpoints").iterdir())
+    assert steps == [1, 2, 3]
+    first, _ = saved_state(config, tmp_path, 1)
+    last, _ = saved_state(config, tmp_path, 3)  # steps 2 and 3 were skipped
+    for a, b in zip(*(jax.tree_util.tree_leaves(s.params) for s in (first, last))):
+        assert np.all(np.isfinite(a))
+        np.testing.assert_array_equal(a, b)
+    assert int(last.nonfinite_total) == 2 and int(last.step) == 3
+    records = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert records[-1]["event"] == "stopped" and records[-2]["skipped"] == 3
+
+
+def test_best_checkpoint_is_kept_beside_the_latest(tmp_path):
+    manager = checkpoints.open_manager(tmp_path, keep=2)
+    for step, val_nll in enumerate([3.0, 1.0, 4.0, 5.0, 6.0], start=1):
+        checkpoints.save(manager, {"w": np.full(2, step, np.float32)}, {"step": step}, val_nll)
+        manager.wait_until_finished()
+    assert manager.all_steps() == [2, 4, 5]
+    manager.close()
+
+
+def test_indices_of_an_epoch_cover_the_training_set_once():
+    from train.data import batch_indices
+    seen = np.concatenate([batch_indices(7, step, 50, 8) for step in range(6)])
+    assert len(np.unique(seen)) == 48
+    np.testing.assert_array_equal(batch_indices(7, 6, 50, 8), batch_indices(7, 6, 50, 8))
+    assert not np.array_equal(batch_indices(7, 6, 50, 8)[:8], seen[:8])
+
+
+FOUR_DEVICES = r"""
+import json, sys, tempfile
+import jax
+import numpy as np
+from tests.test_train import one_step, tiny
+from train import parallel
+from train.config import UsageError
+from train.main import run
+
+report = one_step(parallel.make_mesh(jax.devices()))
+np.savez(sys.argv[1], *report.pop("params"))
+try:
+    run(tiny("--batch-size", "6"), tempfile.mkdtemp(), progress=False)
+except UsageError as error:
+    report["indivisible"] = str(error)
+print(json.dumps(report))
+"""
+
+
+def one_step(mesh) -> dict:
+    """One training step of `tiny()` from its initial state on the first 16 training maps,
+    on `mesh`: the new parameters (host arrays) and where everything lived."""
+    config = tiny()
+    data = tiny_data()
+    state = initial_state(config, data, mesh)
+    rows = np.arange(config.batch_size)
+    x, z = parallel.global_batch(mesh, data.train.x[rows], data.train.z[rows])
+    new_state, metrics = compiled_functions(config, mesh)["step"](state, x, z)
+    leaves = jax.tree_util.tree_leaves((new_state, metrics))
+    return {
+        "devices": mesh.size,
+        "x_devices": len(x.sharding.device_set),
+        "x_shard_rows": sorted({s.data.shape[0] for s in x.addressable_shards}),
+        "replicated_on": sorted({len(a.sharding.device_set) for a in leaves}),
+        "not_replicated": sum(not a.sharding.is_fully_replicated for a in leaves),
+        "finite": bool(metrics["finite"]),
+        "params": [np.asarray(a) for a in jax.tree_util.tree_leaves(new_state.params)],
+    }
+
+
+@pytest.fixture(scope="module")
+def four_devices(tmp_path_factory):
+    """`one_step` on 4 forced host devices, in a subprocess (XLA_FLAGS must precede jax)."""
+    params_file = tmp_path_factory.mktemp("four") / "params.npz"
+    env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=4")
+    done = subprocess.run([sys.executable, "-c", FOUR_DEVICES, str(params_file)], cwd=REPO,
+                          env=env, text=True, capture_output=True)
+    assert done.returncode == 0, done.stderr[-3000:]
+    report = json.loads(done.stdout.strip().splitlines()[-1])
+    with np.load(params_file) as stored:
+        report["params"] = [stored[f"arr_{i}"] for i in range(len(stored.files))]
+    return report
+
+
+def test_one_step_on_4_devices_equals_one_step_on_1(reference, four_devices):
+    single = one_step(parallel.make_mesh(jax.devices()[:1]))
+    config = tiny()
+    start = initial_state(config, tiny_data(), parallel.make_mesh(jax.devices()[:1]))
+    moved = max(np.max(np.abs(a - np.asarray(b))) for a, b in
+                zip(single["params"], jax.tree_util.tree_leaves(start.params)))
+    assert moved > 1e-4  # the step did change the parameters
+    assert single["finite"] and four_devices["finite"]
+    for a, b in zip(single["params"], four_devices["params"]):
+        np.testing.assert_allclose(a, b, rtol=0, atol=1e-5)
+    # On 1 device everything lives on it; on 4 the batch of 16 is split in 4 shards of 4 rows
+    # and parameters, optimiser state and metrics are replicated on all 4 devices.
+    assert {k: single[k] for k in ("x_devices", "x_shard_rows", "replicated_on")} == {
+        "x_devices": 1, "x_shard_rows": [16], "replicated_on": [1]}
+    assert {k: four_devices[k] for k in ("devices", "x_devices", "x_shard_rows",
+                                         "replicated_on", "not_replicated")} == {
+        "devices": 4, "x_devices": 4, "x_shard_rows": [4], "replicated_on": [4],
+        "not_replicated": 0}
+
+
+def test_batch_not_divisible_by_the_devices_is_refused(four_devices):
+    assert "--batch-size 6 does not divide by the 4 devices" in four_devices["indivisible"]

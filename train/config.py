@@ -1,0 +1,200 @@
+"""What a training run is: presets, command-line flags, and the fields a workdir is tied to.
+
+`TrainConfig` holds everything that decides the result of a run (model, data, optimiser, seed)
+plus the run's length and bookkeeping (`RESUMABLE_FIELDS`), which may change between the runs
+that share a workdir, e.g. to train for more epochs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+from typing import Optional
+
+from jglow.config import GlowConfig, paper_config
+
+
+class UsageError(ValueError):
+    """A refused request (bad flag, absent device, mismatched workdir): shown without traceback."""
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainConfig:
+    """A training run (see `build_parser` for each field's meaning and unit).
+
+    Attributes:
+      model: the architecture; `model.image_shape` is `(map_size, map_size, 1)`.
+      data: "synthetic" or the path of CAMELS maps (a `.npy` file or a folder holding one).
+      n_sims: synthetic simulations (15 maps each); ignored for real data.
+      preprocessing: "minmax" or "sigmoid" (`jglow.data.fit_preprocessing`).
+      augment: random cyclic shifts, flips and 90° rotations of training maps.
+      learning_rate: peak Adam learning rate, reached after `warmup_steps`.
+      batch_size: global batch (all devices and processes together).
+      clip_norm: gradients are clipped to this global norm.
+      warmup_steps: linear warm-up of the learning rate from `learning_rate / warmup_steps`.
+      plateau_factor, plateau_patience, min_learning_rate: the learning rate is multiplied by
+        `plateau_factor` after `plateau_patience` epochs without improvement of the validation
+        NLL, never below `min_learning_rate`.
+      seed: initialisation, data order and augmentation are functions of it (and the step).
+      epochs, max_steps: the run stops after `epochs` epochs or `max_steps` steps, the earlier.
+      early_stop_patience: stop after this many epochs without a better validation NLL.
+      max_nonfinite: stop after this many steps in a row with a non-finite loss or gradient.
+      checkpoint_every: also checkpoint every this many steps (0: only at epoch ends).
+      keep_checkpoints: the latest checkpoints kept (the best by validation NLL is kept too).
+      log_every: steps between training-metric records.
+      figure_every: epochs between figure updates (0: never).
+    """
+
+    model: GlowConfig
+    data: str = "synthetic"
+    n_sims: int = 1000
+    preprocessing: str = "minmax"
+    augment: bool = True
+    learning_rate: float = 3e-4
+    batch_size: int = 64
+    clip_norm: float = 2.0
+    warmup_steps: int = 200
+    plateau_factor: float = 0.8
+    plateau_patience: int = 10
+    min_learning_rate: float = 1e-5
+    seed: int = 0
+    epochs: int = 200
+    max_steps: Optional[int] = None
+    early_stop_patience: int = 30
+    max_nonfinite: int = 20
+    checkpoint_every: int = 500
+    keep_checkpoints: int = 3
+    log_every: int = 10
+    figure_every: int = 1
+
+    def __post_init__(self):
+        positive = ("n_sims", "batch_size", "warmup_steps", "plateau_patience", "epochs",
+                    "early_stop_patience", "max_nonfinite", "keep_checkpoints", "log_every")
+        for name in positive:
+            value = getattr(self, name)
+            if not isinstance(value, int) or value < 1:
+                raise UsageError(f"{name} must be a positive integer, got {value!r}")
+        for name in ("checkpoint_every", "figure_every"):
+            if getattr(self, name) < 0:
+                raise UsageError(f"{name} must be >= 0, got {getattr(self, name)!r}")
+        if self.max_steps is not None and self.max_steps < 1:
+            raise UsageError(f"max_steps must be a positive integer, got {self.max_steps!r}")
+        if not 0.0 < self.min_learning_rate <= self.learning_rate:
+            raise UsageError(f"need 0 < min_learning_rate <= learning_rate, got "
+                             f"{self.min_learning_rate} and {self.learning_rate}")
+        if not 0.0 < self.plateau_factor < 1.0 or not self.clip_norm > 0.0:
+            raise UsageError(f"need plateau_factor in (0, 1) and clip_norm > 0, got "
+                             f"{self.plateau_factor} and {self.clip_norm}")
+
+    def canonical(self) -> "TrainConfig":
+        """The same run with `RESUMABLE_FIELDS` at their defaults: equal for all runs that may
+        share a workdir (a key for caching what they have in common)."""
+        defaults = {f.name: f.default for f in dataclasses.fields(TrainConfig)
+                    if f.name in RESUMABLE_FIELDS}
+        return dataclasses.replace(self, **defaults)
+
+    def identity(self) -> dict:
+        """The JSON-serialisable fields that a workdir is tied to (all but `RESUMABLE_FIELDS`)."""
+        record = dataclasses.asdict(self)
+        for name in RESUMABLE_FIELDS:
+            record.pop(name)
+        record["model"]["image_shape"] = list(self.model.image_shape)
+        return record
+
+
+RESUMABLE_FIELDS = ("epochs", "max_steps", "early_stop_patience", "max_nonfinite",
+                    "checkpoint_every", "keep_checkpoints", "log_every", "figure_every")
+"""Fields that may differ between runs sharing a workdir: they do not change what one step does."""
+
+
+def quick_preset() -> TrainConfig:
+    """A small model on 32×32 synthetic maps that trains to a useful result in minutes on 2 CPU
+    cores (README gives the measured time and bits/dim)."""
+    model = GlowConfig(image_shape=(32, 32, 1), levels=3, steps=4, hidden=16, cond_hidden=8)
+    return TrainConfig(model=model, n_sims=400, learning_rate=1e-3, batch_size=64,
+                       warmup_steps=50, epochs=3, early_stop_patience=5, checkpoint_every=100)
+
+
+def paper_preset() -> TrainConfig:
+    """SPEC §2: the HIGlow model and optimiser (Adam 3e-4, batch 64, clip 2, ×0.8 plateau)."""
+    return TrainConfig(model=paper_config())
+
+
+PRESETS = {"quick": quick_preset, "paper": paper_preset}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The command line of `python -m train.main`."""
+    parser = argparse.ArgumentParser(
+        prog="python -m train.main",
+        description="Train a conditional Glow on HI maps, data-parallel over every local device. "
+                    "Re-running the same command in the same --workdir resumes the run.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    add = parser.add_argument
+    add("--preset", choices=sorted(PRESETS), default="quick",
+        help="quick: 32×32 maps, 3 levels × 4 steps, minutes on a CPU; paper: the HIGlow model "
+             "(64×64, 6 levels × 20 steps, hidden 16) and optimiser")
+    add("--data", default="synthetic",
+        help="'synthetic' (the embedded CAMELS-like generator, with an exact likelihood) or a "
+             "path: a CAMELS .npy of maps (parameter file beside it) or a folder holding one")
+    add("--map-size", type=int, help="pixels per side of the maps the model sees; real maps "
+        "are block-averaged down to it (default: the preset's, 32 quick / 64 paper)")
+    add("--n-sims", type=int, help="synthetic simulations of 15 maps each (default: preset's)")
+    add("--levels", type=int, help="override: squeeze/split levels L")
+    add("--steps", type=int, help="override: flow steps K per level (not training steps)")
+    add("--hidden", type=int, help="override: hidden channels of the conditioner CNNs")
+    add("--lr", type=float, help="override: peak Adam learning rate")
+    add("--batch-size", type=int, help="override: global batch, divisible by the device count")
+    add("--epochs", type=int, help="override: number of epochs")
+    add("--max-steps", type=int, help="stop after this many training steps in all")
+    add("--patience", type=int, help="early stopping: epochs without a better validation NLL")
+    add("--warmup-steps", type=int, help="override: steps of linear learning-rate warm-up")
+    add("--max-nonfinite", type=int,
+        help="stop after this many steps in a row with a non-finite loss or gradient "
+             "(such steps never update the parameters)")
+    add("--checkpoint-every", type=int, help="also checkpoint every this many steps (0: only "
+        "at epoch ends)")
+    add("--figure-every", type=int, help="epochs between figure updates (0: no figures)")
+    add("--no-augment", action="store_true", help="do not augment training maps by shifts, "
+        "flips and rotations")
+    add("--preprocessing", choices=("minmax", "sigmoid"),
+        help="map transform: log10 then min/max to [-1, 1], or the paper's log10, "
+             "standardise, 2·sigmoid − 1")
+    add("--seed", type=int, help="seed of initialisation, data order and augmentation")
+    add("--workdir", default="workdir", help="checkpoints, metrics.jsonl, figures/ and the "
+        "best model (jglow.load(workdir)) go here")
+    add("--overwrite", action="store_true", help="start afresh in a workdir that holds a run "
+        "with a different configuration (its run files are deleted)")
+    add("--accelerator", choices=("cpu", "gpu", "tpu"),
+        help="platform to train on (default: JAX's default backend); refused if absent")
+    add("--no-progress", action="store_true", help="no progress bar")
+    add("--coordinator", help="multi-host: address host:port of process 0 "
+        "(jax.distributed.initialize)")
+    add("--num-processes", type=int, help="multi-host: number of processes")
+    add("--process-id", type=int, help="multi-host: index of this process")
+    return parser
+
+
+_OVERRIDES = {"n_sims": "n_sims", "lr": "learning_rate", "batch_size": "batch_size",
+              "epochs": "epochs", "max_steps": "max_steps", "patience": "early_stop_patience",
+              "warmup_steps": "warmup_steps", "max_nonfinite": "max_nonfinite",
+              "checkpoint_every": "checkpoint_every", "figure_every": "figure_every",
+              "preprocessing": "preprocessing", "seed": "seed"}
+_MODEL_OVERRIDES = ("levels", "steps", "hidden")
+
+
+def config_from_args(args: argparse.Namespace) -> TrainConfig:
+    """The preset named by `args.preset` with every flag given on the command line applied."""
+    config = PRESETS[args.preset]()
+    model_changes = {name: getattr(args, name) for name in _MODEL_OVERRIDES
+                     if getattr(args, name) is not None}
+    if args.map_size is not None:
+        model_changes["image_shape"] = (args.map_size, args.map_size, 1)
+    try:
+        model = dataclasses.replace(config.model, **model_changes)
+    except ValueError as error:
+        raise UsageError(f"invalid model flags {model_changes}: {error}") from error
+    changes = {field: getattr(args, flag) for flag, field in _OVERRIDES.items()
+               if getattr(args, flag) is not None}
+    return dataclasses.replace(config, model=model, data=args.data,
+                               augment=not args.no_augment, **changes)

@@ -1,0 +1,149 @@
+"""The training data: loading, splitting by simulation, preprocessing, and the data order.
+
+Synthetic data is always drawn with `SYNTHETIC_SEED` and every data set is split with
+`SPLIT_SEED`, so runs with different `--seed` share their validation and test simulations.
+The order of training maps is a function of `(seed, step)` only (`batch_indices`), so a
+resumed run sees exactly the batches an uninterrupted one would.
+"""
+
+from __future__ import annotations
+
+import functools
+import pathlib
+from typing import NamedTuple, Optional
+
+import numpy as np
+
+from jglow.data import (MapSet, Preprocessing, fit_preprocessing, load_camels,
+                        split_by_simulation, synthetic_log_prob, synthetic_maps)
+from jglow.data.validation import map_chunks
+from train.config import TrainConfig, UsageError
+
+SYNTHETIC_SEED = 0
+SPLIT_SEED = 0
+SPLIT_FRACTIONS = (0.8, 0.1, 0.1)
+MAPS_PER_SIM = 15
+BOX_SIZE = 25.0
+"""Side of the CAMELS box in Mpc/h (also that of the synthetic maps)."""
+
+
+class Split(NamedTuple):
+    """One split in model space.
+
+    Attributes:
+      x: `(N, H, W, 1)` float32 preprocessed maps.
+      z: `(N, D)` float32 conditions in [-1, 1].
+      maps: `(N, H, W)` raw maps (a memory map or copy; kept for validation only, else None).
+      params: `(N, D)` physical parameters.
+      sim: `(N,)` simulation indices.
+    """
+
+    x: np.ndarray
+    z: np.ndarray
+    maps: Optional[np.ndarray]
+    params: np.ndarray
+    sim: np.ndarray
+
+
+class Data(NamedTuple):
+    """Training and validation splits, the fitted preprocessing, and the best possible NLL.
+
+    Attributes:
+      exact_val_nll: `(N_val,)` nats, `−log p(x)` of each validation map in model space under
+        the generator's exact density (synthetic data only, else None).
+      test_sims: simulations held out for testing (never trained or validated on).
+    """
+
+    train: Split
+    val: Split
+    preprocessing: Preprocessing
+    exact_val_nll: Optional[np.ndarray]
+    test_sims: np.ndarray
+
+
+def find_maps_file(path) -> pathlib.Path:
+    """The `.npy` maps file named by `path`, a file or a folder holding exactly one CAMELS maps
+    file (`Maps_HI_*.npy` or `Images_HI_*.npy`)."""
+    path = pathlib.Path(path)
+    if path.is_file():
+        return path
+    if path.is_dir():
+        found = sorted(path.glob("Maps_HI_*.npy")) + sorted(path.glob("Images_HI_*.npy"))
+        if len(found) == 1:
+            return found[0]
+        if found:
+            raise UsageError(f"--data {path} holds several maps files "
+                                     f"{[f.name for f in found]}; pass one of them")
+    raise FileNotFoundError(
+        f"--data {str(path)!r}: expected 'synthetic', a CAMELS maps file (.npy, with "
+        f"params_LH_<suite>.txt or CAMELs_params.csv beside it) or a folder holding one "
+        f"Maps_HI_*.npy / Images_HI_*.npy; found no such file")
+
+
+def load_mapset(config: TrainConfig) -> MapSet:
+    """All maps of `config.data` at `config.model.image_shape`."""
+    size = config.model.image_shape[0]
+    if config.data == "synthetic":
+        return synthetic_maps(config.n_sims, MAPS_PER_SIM, size=size, box_size=BOX_SIZE,
+                              seed=SYNTHETIC_SEED)
+    maps_file = find_maps_file(config.data)
+    native = np.load(maps_file, mmap_mode="r").shape
+    if len(native) != 3 or native[1] != native[2] or native[1] % size:
+        raise UsageError(f"{maps_file}: maps of shape {native} cannot be block-averaged "
+                                f"to {size}×{size} (--map-size); expected (N, n, n) with n a "
+                                f"multiple of {size}")
+    return load_camels(maps_file, maps_per_sim=MAPS_PER_SIM, downsample=native[1] // size)
+
+
+def _model_space(mapset: MapSet, preprocessing: Preprocessing, keep_maps: bool) -> Split:
+    """Preprocess `mapset` chunk by chunk into a `Split`."""
+    x = np.empty((*mapset.maps.shape, 1), np.float32)
+    for part in map_chunks(mapset.maps):
+        x[part] = np.asarray(preprocessing.forward_maps(np.asarray(mapset.maps[part])))
+    z = np.asarray(preprocessing.forward_params(mapset.params), np.float32)
+    maps = np.asarray(mapset.maps) if keep_maps else None
+    return Split(x, z, maps, mapset.params, mapset.sim)
+
+
+def exact_nll(split: Split, preprocessing: Preprocessing) -> np.ndarray:
+    """`−log p(x)` in nats `(N,)` of the maps of `split` in model space, under the synthetic
+    generator's exact density: `log p(x) = log p(map) − forward_log_det(map)`."""
+    log_p_maps = np.asarray(synthetic_log_prob(split.maps, split.params, BOX_SIZE), np.float64)
+    log_det = np.asarray(preprocessing.forward_log_det(split.maps), np.float64)
+    return -(log_p_maps - log_det)
+
+
+def prepare(config: TrainConfig) -> Data:
+    """Load, split by simulation, fit the preprocessing on the training split, preprocess."""
+    mapset = load_mapset(config)
+    train_set, val_set, test_set = split_by_simulation(mapset, SPLIT_FRACTIONS, SPLIT_SEED)
+    if len(val_set) == 0 or len(train_set) < config.batch_size:
+        raise UsageError(
+            f"{config.data}: {len(np.unique(mapset.sim))} simulations give {len(train_set)} "
+            f"training and {len(val_set)} validation maps; need a non-empty validation split "
+            f"and at least --batch-size {config.batch_size} training maps")
+    preprocessing = fit_preprocessing(train_set.maps, config.preprocessing)
+    train = _model_space(train_set, preprocessing, keep_maps=False)
+    val = _model_space(val_set, preprocessing, keep_maps=True)
+    exact = exact_nll(val, preprocessing) if config.data == "synthetic" else None
+    return Data(train, val, preprocessing, exact, np.unique(test_set.sim))
+
+
+def steps_per_epoch(n_train: int, batch_size: int) -> int:
+    """Full batches per epoch (the last incomplete batch of each epoch's order is dropped)."""
+    return n_train // batch_size
+
+
+@functools.lru_cache(maxsize=2)
+def _epoch_order(seed: int, epoch: int, n: int) -> np.ndarray:
+    return np.random.default_rng([seed, epoch]).permutation(n)
+
+
+def batch_indices(seed: int, step: int, n_train: int, batch_size: int) -> np.ndarray:
+    """Indices `(batch_size,)` of the training maps of global step `step` (0-based).
+
+    Epoch `e = step // steps_per_epoch` visits the maps in the order of a permutation drawn
+    from `(seed, e)`; the step takes the next `batch_size` of them.
+    """
+    epoch, index = divmod(step, steps_per_epoch(n_train, batch_size))
+    return _epoch_order(seed, epoch, n_train)[index * batch_size:(index + 1) * batch_size]

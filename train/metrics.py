@@ -1,0 +1,83 @@
+"""What a run measures and records: validation NLL, and metrics as JSON lines.
+
+`metrics.jsonl` holds one JSON object per line, each with `kind` ("train", "val" or
+"event"), `step` and `epoch`. Non-finite numbers are written as null (JSON has no NaN) and
+flagged by the records' own fields (`nonfinite_total`, `val_finite`). When a run resumes from
+step `s`, records after `s` are dropped first, so the file reads as one uninterrupted run.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import pathlib
+
+import jax.numpy as jnp
+import numpy as np
+from jax.sharding import Mesh
+
+from jglow.model import GlowParams, condition, log_prob_given
+from train import parallel
+
+METRICS_FILE = "metrics.jsonl"
+
+
+def _json_safe(value):
+    """Python scalars for JSON; non-finite floats become None."""
+    if isinstance(value, (np.generic, np.ndarray)):
+        value = value.item()
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    return value
+
+
+class MetricsLog:
+    """Appends records to `workdir/metrics.jsonl` (only where `enabled`: process 0)."""
+
+    def __init__(self, workdir, enabled: bool = True):
+        self.path = pathlib.Path(workdir) / METRICS_FILE
+        self.enabled = enabled
+
+    def read(self) -> list[dict]:
+        """All records, oldest first ([] if none)."""
+        if not self.path.is_file():
+            return []
+        return [json.loads(line) for line in self.path.read_text().splitlines() if line]
+
+    def truncate_after(self, step: int) -> None:
+        """Drop the records of steps after `step` (left by a run killed after its checkpoint)."""
+        if not self.enabled or not self.path.is_file():
+            return
+        kept = [r for r in self.read() if r["step"] <= step]
+        temporary = self.path.with_name(self.path.name + ".tmp")
+        temporary.write_text("".join(json.dumps(r) + "\n" for r in kept))
+        os.replace(temporary, self.path)
+
+    def write(self, record: dict) -> None:
+        """Append one record."""
+        if not self.enabled:
+            return
+        line = json.dumps({key: _json_safe(value) for key, value in record.items()})
+        with open(self.path, "a") as handle:
+            handle.write(line + "\n")
+
+
+def nll_sum(params: GlowParams, x, z, weight):
+    """`Σ_n weight_n · (−log p(x_n | z_n))` in nats, a scalar, for a batch `x (B, H, W, C)`,
+    `z (B, D)`, `weight (B,)` (0 for padding rows)."""
+    nll = -log_prob_given(params, x, condition(params, z))
+    return jnp.sum(jnp.where(weight > 0, weight * nll, 0.0))
+
+
+def mean_nll(nll_sum_fn, mesh: Mesh, params: GlowParams, x, z, batch_size: int) -> float:
+    """Mean `−log p(x | z)` in nats per map over `x (N, H, W, C)`, `z (N, D)`, in global
+    batches of `batch_size` (the last padded); `nll_sum_fn` is `nll_sum` jitted on the mesh."""
+    total, n = 0.0, x.shape[0]
+    for start in range(0, n, batch_size):
+        rows = np.arange(start, start + batch_size)
+        weight = (rows < n).astype(np.float32)
+        rows = np.minimum(rows, n - 1)
+        batch = parallel.global_batch(mesh, x[rows], z[rows], weight)
+        total += float(parallel.host_value(nll_sum_fn(params, *batch)))
+    return total / n

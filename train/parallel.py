@@ -1,0 +1,90 @@
+"""Data parallelism: a 1-D device mesh, replicated state, batches sharded along the mesh.
+
+Every process computes the same global batch indices and feeds the rows of its own devices
+(`local_rows`); `jax.make_array_from_process_local_data` assembles the global array. One
+`jax.jit` with `NamedSharding`s runs the step on every device; XLA inserts the gradient
+all-reduce. The same code runs on one device, many local devices, or many hosts.
+"""
+
+from __future__ import annotations
+
+import jax
+import numpy as np
+from jax.sharding import Mesh, NamedSharding, PartitionSpec
+
+from train.config import UsageError
+
+AXIS = "data"
+
+
+def select_devices(accelerator: str | None) -> list:
+    """All devices of `accelerator` ("cpu", "gpu", "tpu"; None: JAX's default backend), over
+    every process. Raises `UsageError` listing what JAX sees when there are none."""
+    try:
+        devices = jax.devices(accelerator)
+    except RuntimeError as error:
+        raise UsageError(f"--accelerator {accelerator}: JAX finds no {accelerator} device "
+                         f"({error}); it sees {jax.devices()}. Choose one of the platforms "
+                         f"listed, or install the jax plugin for {accelerator}") from error
+    if not devices:
+        raise UsageError(f"--accelerator {accelerator}: no devices; JAX sees {jax.devices()}")
+    return devices
+
+
+def make_mesh(devices) -> Mesh:
+    """A 1-D mesh named `AXIS` over `devices`."""
+    return Mesh(np.asarray(devices), (AXIS,))
+
+
+def check_batch(batch_size: int, mesh: Mesh) -> None:
+    """The global batch must split evenly over the devices (and so over the processes)."""
+    if batch_size % mesh.size:
+        raise UsageError(f"--batch-size {batch_size} does not divide by the {mesh.size} "
+                         f"devices of the mesh; choose a multiple of {mesh.size}")
+
+
+def replicated(mesh: Mesh) -> NamedSharding:
+    """Every device holds the whole array (parameters, optimiser state, scalars)."""
+    return NamedSharding(mesh, PartitionSpec())
+
+
+def sharded(mesh: Mesh) -> NamedSharding:
+    """The leading (batch) axis is split over the mesh."""
+    return NamedSharding(mesh, PartitionSpec(AXIS))
+
+
+def local_rows(mesh: Mesh, batch_size: int) -> slice:
+    """The rows of a global batch that this process's devices hold."""
+    rows = sharded(mesh).addressable_devices_indices_map((batch_size,))
+    starts = sorted(index[0].start or 0 for index in rows.values())
+    stops = sorted(index[0].stop or batch_size for index in rows.values())
+    return slice(starts[0], stops[-1])
+
+
+def global_batch(mesh: Mesh, *arrays):
+    """Global arrays sharded on the batch axis from full global numpy batches (every process
+    passes the same global batch; only its own rows are transferred)."""
+    batch_size = arrays[0].shape[0]
+    rows = local_rows(mesh, batch_size)
+    return tuple(jax.make_array_from_process_local_data(sharded(mesh), a[rows], a.shape)
+                 for a in arrays)
+
+
+def replicate(mesh: Mesh, tree):
+    """`tree` placed on every device of the mesh (identical on every process)."""
+    return jax.device_put(tree, replicated(mesh))
+
+
+def host_value(tree):
+    """Numpy copies of the leaves of a tree of replicated (or single-device) arrays; works
+    on multi-host arrays too, through this process's first shard."""
+    return jax.tree_util.tree_map(lambda a: np.asarray(a.addressable_shards[0].data), tree)
+
+
+def jit_on_mesh(fn, mesh: Mesh, replicated_args: int, sharded_args: int,
+                donate_first: bool = False):
+    """`jax.jit(fn)` for `fn(*replicated_args, *sharded_args)`: the first `replicated_args`
+    arguments and every output replicated, the next `sharded_args` split on their batch axis."""
+    in_shardings = (replicated(mesh),) * replicated_args + (sharded(mesh),) * sharded_args
+    return jax.jit(fn, in_shardings=in_shardings, out_shardings=replicated(mesh),
+                   donate_argnums=(0,) if donate_first else ())

@@ -1,0 +1,146 @@
+"""The training state and its pure updates, in the optax style.
+
+`train_step(config, state, x, z)` is one optimisation step on a batch of model-space
+maps: augmentation (keys from `(seed, step)`), loss `−mean log p / (H·W·C)` (nats per dim),
+gradients, Adam after clipping by global norm, the learning rate `lr · warm-up(step) · plateau
+scale`. A step whose loss or gradients are not finite leaves the parameters and optimiser state
+untouched and is counted. `end_epoch` applies the validation NLL: the paper's reduce-on-plateau
+(`optax.contrib.reduce_on_plateau`, fed once per epoch) and the early-stopping counter.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+import optax
+from optax.contrib import ReduceLROnPlateauState, reduce_on_plateau
+
+import jglow
+from jglow.data import augment
+from jglow.model import GlowParams, condition, log_prob_given
+from jglow.numerics import tree_all_finite
+from train.config import TrainConfig
+
+
+class TrainState(NamedTuple):
+    """Everything that evolves during training (a pytree of arrays; checkpointed whole).
+
+    Attributes:
+      step: int32 scalar, steps taken (skipped non-finite steps included).
+      params: the model parameters.
+      opt_state: Adam's state (the 1×1-conv constants have none: they are never moved).
+      plateau: the reduce-on-plateau state; `plateau.scale` multiplies the learning rate.
+      best_val_nll: float32 scalar, the lowest validation NLL so far (nats per map; inf at first).
+      bad_epochs: int32 scalar, epochs since the best validation NLL.
+      nonfinite_streak: int32 scalar, consecutive skipped steps ending at the last one.
+      nonfinite_total: int32 scalar, skipped steps in all.
+      rng: `(2,)` uint32 raw key of the run; augmentation uses `fold_in(rng, step)`.
+    """
+
+    step: jax.Array
+    params: GlowParams
+    opt_state: optax.OptState
+    plateau: ReduceLROnPlateauState
+    best_val_nll: jax.Array
+    bad_epochs: jax.Array
+    nonfinite_streak: jax.Array
+    nonfinite_total: jax.Array
+    rng: jax.Array
+
+
+def _labels(params: GlowParams):
+    """"train" for the trainable leaves, "frozen" for the constants of the 1×1 convolutions."""
+    return jax.tree_util.tree_map(lambda trainable: "train" if trainable else "frozen",
+                                  jglow.trainable_mask(params))
+
+
+def make_optimizer(config: TrainConfig) -> optax.GradientTransformation:
+    """Clip by global norm, then Adam's scaling, for the trainable leaves; the constants of the
+    1×1 convolutions (`jglow.trainable_mask`) get zero updates. The learning rate is applied
+    in `train_step`."""
+    adam = optax.chain(optax.clip_by_global_norm(config.clip_norm), optax.scale_by_adam())
+    return optax.multi_transform({"train": adam, "frozen": optax.set_to_zero()}, _labels)
+
+
+def plateau_rule(config: TrainConfig) -> optax.GradientTransformationExtraArgs:
+    """The paper's schedule: ×`plateau_factor` after `plateau_patience` epochs without
+    improvement of the validation NLL, the learning rate never below `min_learning_rate`."""
+    return reduce_on_plateau(factor=config.plateau_factor, patience=config.plateau_patience,
+                             min_scale=config.min_learning_rate / config.learning_rate)
+
+
+def init_state(config: TrainConfig, params: GlowParams, key) -> TrainState:
+    """The state before the first step; `key` (a JAX key) seeds the augmentation."""
+    return TrainState(
+        step=jnp.zeros((), jnp.int32), params=params,
+        opt_state=make_optimizer(config).init(params),
+        plateau=plateau_rule(config).init(jnp.zeros((), jnp.float32)),
+        best_val_nll=jnp.array(jnp.inf, jnp.float32), bad_epochs=jnp.zeros((), jnp.int32),
+        nonfinite_streak=jnp.zeros((), jnp.int32), nonfinite_total=jnp.zeros((), jnp.int32),
+        rng=jax.random.key_data(key))
+
+
+def learning_rate(config: TrainConfig, step, plateau_scale):
+    """`lr · min(1, (step + 1) / warmup_steps) · plateau_scale` (a float32 scalar)."""
+    warmup = jnp.minimum(1.0, (step + 1.0) / config.warmup_steps)
+    return jnp.float32(config.learning_rate) * warmup * plateau_scale
+
+
+def loss_fn(params: GlowParams, x, z):
+    """Negative log-likelihood in nats per dimension: `−mean_n log p(x_n | z_n) / (H·W·C)`."""
+    return -jnp.mean(log_prob_given(params, x, condition(params, z))) / params.config.dim
+
+
+def train_step(config: TrainConfig, state: TrainState, x, z):
+    """One step on the global batch `x (B, H, W, C)`, `z (B, D)` (model space).
+
+    Returns `(new state, metrics)`, metrics a dict of scalars: `loss` (nats/dim, of this batch
+    before the update), `grad_norm` (before clipping), `learning_rate`, `finite` (bool),
+    `nonfinite_streak`, `nonfinite_total`.
+    """
+    if config.augment:
+        key = jax.random.fold_in(jax.random.wrap_key_data(state.rng), state.step)
+        x = augment(key, x)
+    loss, grads = jax.value_and_grad(loss_fn)(state.params, x, z)
+    updates, opt_state = make_optimizer(config).update(grads, state.opt_state, state.params)
+    rate = learning_rate(config, state.step, state.plateau.scale)
+    params = optax.apply_updates(state.params, jax.tree_util.tree_map(lambda u: -rate * u, updates))
+    finite = jnp.isfinite(loss) & tree_all_finite(grads)
+
+    def keep_if_finite(new, old):
+        return jax.tree_util.tree_map(lambda a, b: jnp.where(finite, a, b), new, old)
+
+    streak = jnp.where(finite, 0, state.nonfinite_streak + 1)
+    new_state = state._replace(
+        step=state.step + 1, params=keep_if_finite(params, state.params),
+        opt_state=keep_if_finite(opt_state, state.opt_state), nonfinite_streak=streak,
+        nonfinite_total=state.nonfinite_total + (~finite).astype(jnp.int32))
+    metrics = {"loss": loss, "grad_norm": optax.tree.norm(grads), "learning_rate": rate,
+               "finite": finite, "nonfinite_streak": streak,
+               "nonfinite_total": new_state.nonfinite_total}
+    return new_state, metrics
+
+
+def record_validation(state: TrainState, val_nll):
+    """Note a validation NLL (nats per map, float32 scalar) taken outside the epoch schedule
+    (at the end of a run cut mid-epoch): only the best value changes. Returns `(state,
+    improved)`, `improved` a bool scalar; a non-finite `val_nll` never improves."""
+    improved = jnp.isfinite(val_nll) & (val_nll < state.best_val_nll)
+    return state._replace(best_val_nll=jnp.where(improved, val_nll, state.best_val_nll)), improved
+
+
+def end_epoch(config: TrainConfig, state: TrainState, val_nll):
+    """Apply the epoch's validation NLL: the best value, the plateau schedule and the
+    early-stopping counter. Returns `(state, improved)` as `record_validation`. Pure, jit-able."""
+    _, plateau = plateau_rule(config).update(None, state.plateau, value=val_nll)
+    state, improved = record_validation(state, val_nll)
+    bad_epochs = jnp.where(improved, 0, state.bad_epochs + 1)
+    return state._replace(plateau=plateau, bad_epochs=bad_epochs), improved
+
+
+def bits_per_dim(nll_nats_per_map, dim: int) -> float:
+    """Nats per map → bits per dimension: `nll / (dim · ln 2)`."""
+    return float(nll_nats_per_map) / (dim * math.log(2.0))
