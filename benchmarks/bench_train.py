@@ -103,7 +103,7 @@ def _in_child(task, env=None):
     done = subprocess.run([sys.executable, os.path.abspath(__file__), "--child", json.dumps(task)],
                           env=dict(os.environ, **(env or {})), capture_output=True, text=True)
     if done.returncode:
-        return {"error": done.stderr.strip().splitlines()[-1:], "task": task}
+        return {"error": done.stderr.strip().splitlines()[-5:], "task": task}
     return json.loads(done.stdout.strip().splitlines()[-1])
 
 

@@ -15,14 +15,17 @@ import sys
 import time
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
 
 import jglow
+from jglow.data import synthetic_maps
 from train import checkpoints, parallel
 from train.config import TrainConfig, build_parser, config_from_args
 from train.data import prepare
 from train.main import RunResult, TrainingStopped, compiled_functions, initial_state, main, run
+from train.state import end_epoch, init_state, learning_rate, record_validation
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 FLAGS = ["--map-size", "16", "--levels", "2", "--steps", "2", "--hidden", "8", "--n-sims", "20",
@@ -281,3 +284,64 @@ def test_one_step_on_4_devices_equals_one_step_on_1(reference, four_devices):
 
 def test_batch_not_divisible_by_the_devices_is_refused(four_devices):
     assert "--batch-size 6 does not divide by the 4 devices" in four_devices["indivisible"]
+
+
+def _camels_folder(folder, n_sims=4, size=32):
+    """A folder in the CAMELS Multifield layout with `n_sims` × 15 positive maps."""
+    folder.mkdir(parents=True, exist_ok=True)
+    maps = synthetic_maps(n_sims, 15, size=size, seed=3)
+    np.save(folder / "Maps_HI_IllustrisTNG_LH_z=0.00.npy", maps.maps)
+    table = np.column_stack([maps.params[::15], np.ones((n_sims, 4))])
+    np.savetxt(folder / "params_LH_IllustrisTNG.txt", table)
+    return folder
+
+
+def test_real_layout_is_block_averaged_and_split_by_simulation(tmp_path):
+    config = tiny("--data", str(_camels_folder(tmp_path / "camels")))
+    data = prepare(config)
+    assert data.train.x.shape == (45, 16, 16, 1) and data.val.x.shape == (15, 16, 16, 1)
+    assert data.exact_val_nll is None  # no exact likelihood for real data
+    assert not set(data.train.sim) & set(data.val.sim)
+    assert -1.0 <= data.train.x.min() and data.train.x.max() <= 1.0
+
+
+@pytest.mark.parametrize("case, flags, message", [
+    ("no maps file", [], "found no such file"),
+    ("two maps files", [], "holds several maps files"),
+    ("side not a multiple", ["--map-size", "24"], "cannot be block-averaged to 24×24"),
+    ("too few simulations", ["--map-size", "16"], "need a non-empty validation split"),
+    ("zero epochs", ["--epochs", "0"], "epochs must be a positive integer"),
+    ("levels too deep", ["--levels", "5"], "not divisible by 2**levels"),
+])
+def test_unusable_data_and_flags_are_refused(case, flags, message, tmp_path, capsys):
+    folder = tmp_path / "camels"
+    folder.mkdir()
+    if case == "two maps files":
+        _camels_folder(folder)
+        np.save(folder / "Images_HI_IllustrisTNG_z=5.99.npy", np.ones((15, 32, 32), np.float32))
+    elif case == "too few simulations":
+        _camels_folder(folder, n_sims=2)
+    elif case != "no maps file":
+        _camels_folder(folder)
+    assert main(FLAGS + ["--workdir", str(tmp_path / "w"), "--data", str(folder)] + flags) == 2
+    assert message in capsys.readouterr().err
+    assert not (tmp_path / "w" / "run.json").exists()
+
+
+def test_learning_rate_plateau_and_early_stopping_counters():
+    config = tiny("--lr", "1e-3")  # plateau: ×0.8 after 10 bad epochs, floor 1e-5 (scale 0.01)
+    state = init_state(config, {"w": jnp.zeros(2)}, jax.random.key(0))
+    state, improved = end_epoch(config, state, jnp.float32(5.0))
+    assert bool(improved) and float(state.best_val_nll) == 5.0 and int(state.bad_epochs) == 0
+    scales = []
+    for _ in range(30):
+        state, improved = end_epoch(config, state, jnp.float32(6.0))
+        scales.append(float(state.plateau.scale))
+        assert not bool(improved)
+    assert int(state.bad_epochs) == 30 and float(state.best_val_nll) == 5.0
+    assert scales[8] == 1.0 and scales[9] == pytest.approx(0.8) and scales[19] == pytest.approx(0.64)
+    state, improved = end_epoch(config, state, jnp.float32(jnp.nan))
+    assert not bool(improved) and int(state.bad_epochs) == 31  # NaN never improves
+    state, improved = record_validation(state, jnp.float32(4.0))
+    assert bool(improved) and int(state.bad_epochs) == 31  # outside the schedule: best only
+    assert float(learning_rate(config, 0, 1.0)) == pytest.approx(1e-3 / 5)  # warm-up step 1 of 5

@@ -112,7 +112,7 @@ def quick_preset() -> TrainConfig:
     cores (README gives the measured time and bits/dim)."""
     model = GlowConfig(image_shape=(32, 32, 1), levels=3, steps=4, hidden=16, cond_hidden=8)
     return TrainConfig(model=model, n_sims=400, learning_rate=1e-3, batch_size=64,
-                       warmup_steps=50, epochs=3, early_stop_patience=5, checkpoint_every=100)
+                       warmup_steps=50, epochs=5, early_stop_patience=5, checkpoint_every=100)
 
 
 def paper_preset() -> TrainConfig:

@@ -65,16 +65,18 @@ def _finite_maps(maps: np.ndarray) -> np.ndarray:
 
 def _samples_figure(path, real, fake, params, title):
     rows, cols = real.shape[:2]
-    fig, axes = plt.subplots(rows, 2 * cols, figsize=(1.3 * 2 * cols, 1.3 * rows + 0.5),
+    fig, axes = plt.subplots(rows, 2 * cols, figsize=(1.1 * 2 * cols + 0.5, 1.1 * rows + 0.5),
                              squeeze=False)
     for r in range(rows):
         low, high = np.percentile(real[r], [1, 99])
         for c in range(2 * cols):
             image = real[r, c] if c < cols else fake[r, c - cols]
-            axes[r, c].imshow(image, vmin=low, vmax=high, cmap="viridis")
+            axes[r, c].imshow(image, vmin=low, vmax=high, cmap="viridis",
+                              interpolation="nearest")
             axes[r, c].set_xticks([])
             axes[r, c].set_yticks([])
         axes[r, 0].set_ylabel(f"Ωm {params[r, 0]:.2f}\nσ8 {params[r, 1]:.2f}", fontsize=7)
+    fig.subplots_adjust(left=0.09, right=0.99, bottom=0.02, top=0.88, wspace=0.05, hspace=0.08)
     axes[0, 0].set_title("held-out maps", fontsize=8, loc="left")
     axes[0, cols].set_title("samples, same parameters", fontsize=8, loc="left")
     fig.suptitle(title, fontsize=8)

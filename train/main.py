@@ -27,8 +27,8 @@ from train import checkpoints, figures, parallel
 from train.config import TrainConfig, UsageError, build_parser, config_from_args
 from train.data import Data, batch_indices, prepare, steps_per_epoch
 from train.metrics import MetricsLog, mean_nll, nll_sum
-from train.state import (TrainState, bits_per_dim, end_epoch, init_state, record_validation,
-                         train_step)
+from train.state import (TrainState, bits_per_dim, end_epoch, init_state, loss_fn,
+                         record_validation, train_step)
 
 
 class TrainingStopped(RuntimeError):
@@ -150,11 +150,13 @@ def compiled_functions(config: TrainConfig, mesh) -> dict:
 @functools.lru_cache(maxsize=4)
 def _compiled_functions(config: TrainConfig, mesh) -> dict:
     on_mesh = parallel.jit_on_mesh
-    return {"step": on_mesh(functools.partial(train_step, config), mesh, 1, 2,
-                            donate_first=True),
+    loss_and_grad = parallel.reduce_over_shards(jax.value_and_grad(loss_fn), mesh)
+    step = functools.partial(train_step, config, loss_and_grad=loss_and_grad)
+    return {"step": on_mesh(step, mesh, 1, 2, donate_first=True),
             "end_epoch": on_mesh(functools.partial(end_epoch, config), mesh, 2, 0),
             "record": on_mesh(record_validation, mesh, 2, 0),
-            "nll": on_mesh(nll_sum, mesh, 1, 3)}
+            "nll": on_mesh(parallel.reduce_over_shards(nll_sum, mesh, jax.lax.psum),
+                           mesh, 1, 3)}
 
 
 def initial_state(config: TrainConfig, data: Data, mesh) -> TrainState:

@@ -2,14 +2,18 @@
 
 Every process computes the same global batch indices and feeds the rows of its own devices
 (`local_rows`); `jax.make_array_from_process_local_data` assembles the global array. One
-`jax.jit` with `NamedSharding`s runs the step on every device; XLA inserts the gradient
-all-reduce. The same code runs on one device, many local devices, or many hosts.
+`jax.jit` with `NamedSharding`s runs the step on every device. Inside it, the model runs on
+each device's rows only (`reduce_over_shards`, a `shard_map`), and one all-reduce combines
+the results: left to the SPMD partitioner, the model's per-step conditioner convolutions were
+all-gathered across devices, and its several independent collectives deadlocked XLA:CPU with 4
+forced host devices on 2 cores. The same code runs on one device, many devices, many hosts.
 """
 
 from __future__ import annotations
 
 import jax
 import numpy as np
+from jax import lax
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from train.config import UsageError
@@ -88,3 +92,20 @@ def jit_on_mesh(fn, mesh: Mesh, replicated_args: int, sharded_args: int,
     in_shardings = (replicated(mesh),) * replicated_args + (sharded(mesh),) * sharded_args
     return jax.jit(fn, in_shardings=in_shardings, out_shardings=replicated(mesh),
                    donate_argnums=(0,) if donate_first else ())
+
+
+def reduce_over_shards(fn, mesh: Mesh, reduce=lax.pmean):
+    """`fn(replicated, *batch_args)` evaluated by each device on its own rows of the batch
+    arguments, the results (a pytree) combined over the devices by `reduce` (`lax.pmean`:
+    the mean, right for means over equal shards; `lax.psum`: the sum) and so replicated."""
+    def per_device(first, *rest):
+        return reduce(fn(first, *rest), AXIS)
+
+    def combined(first, *rest):
+        specs = (PartitionSpec(),) + (PartitionSpec(AXIS),) * len(rest)
+        # check_vma=False: the model's scans start from constants (not typed as varying over
+        # the mesh); `fn` contains no collective, so nothing depends on that typing.
+        return jax.shard_map(per_device, mesh=mesh, in_specs=specs, out_specs=PartitionSpec(),
+                             check_vma=False)(first, *rest)
+
+    return combined

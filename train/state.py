@@ -52,7 +52,7 @@ class TrainState(NamedTuple):
 
 
 def _labels(params: GlowParams):
-    """"train" for the trainable leaves, "frozen" for the constants of the 1×1 convolutions."""
+    """The optimiser's labels: "train" for trainable leaves, "frozen" for the 1×1-conv constants."""
     return jax.tree_util.tree_map(lambda trainable: "train" if trainable else "frozen",
                                   jglow.trainable_mask(params))
 
@@ -94,8 +94,12 @@ def loss_fn(params: GlowParams, x, z):
     return -jnp.mean(log_prob_given(params, x, condition(params, z))) / params.config.dim
 
 
-def train_step(config: TrainConfig, state: TrainState, x, z):
+def train_step(config: TrainConfig, state: TrainState, x, z,
+               loss_and_grad=jax.value_and_grad(loss_fn)):
     """One step on the global batch `x (B, H, W, C)`, `z (B, D)` (model space).
+
+    `loss_and_grad(params, x, z) -> (loss, grads)` is `value_and_grad(loss_fn)` or, on a
+    device mesh, its data-parallel form (`parallel.reduce_over_shards`).
 
     Returns `(new state, metrics)`, metrics a dict of scalars: `loss` (nats/dim, of this batch
     before the update), `grad_norm` (before clipping), `learning_rate`, `finite` (bool),
@@ -104,7 +108,7 @@ def train_step(config: TrainConfig, state: TrainState, x, z):
     if config.augment:
         key = jax.random.fold_in(jax.random.wrap_key_data(state.rng), state.step)
         x = augment(key, x)
-    loss, grads = jax.value_and_grad(loss_fn)(state.params, x, z)
+    loss, grads = loss_and_grad(state.params, x, z)
     updates, opt_state = make_optimizer(config).update(grads, state.opt_state, state.params)
     rate = learning_rate(config, state.step, state.plateau.scale)
     params = optax.apply_updates(state.params, jax.tree_util.tree_map(lambda u: -rate * u, updates))
