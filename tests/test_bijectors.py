@@ -163,3 +163,17 @@ def test_split_coupling_conv_equals_conv_of_the_concatenation():
     cond_term = constant_field.expand(bijector.condition(params, z, SIDE, SIDE), SIDE, SIDE, 1)
     split_form = conv2d(xa, params["kernel_x"]) + cond_term
     np.testing.assert_allclose(split_form, direct, atol=1e-5)
+
+
+@pytest.mark.parametrize("channels_in", [1, 2, 4, 5, 16])
+@pytest.mark.parametrize("size, padding", [(3, "SAME"), (3, "VALID"), (1, "SAME")])
+def test_conv2d_equals_xla_convolution_on_every_path(channels_in, size, padding):
+    """Matmul (1×1), gathered patches (≤ 4 input channels) and XLA's convolution all agree."""
+    rng = np.random.default_rng(channels_in)
+    x = jnp.asarray(rng.standard_normal((3, 6, 5, channels_in)), jnp.float32)
+    kernel = jnp.asarray(rng.standard_normal((size, size, channels_in, 7)), jnp.float32)
+    expected = jax.lax.conv_general_dilated(x, kernel, (1, 1), padding,
+                                            dimension_numbers=("NHWC", "HWIO", "NHWC"))
+    got = conv2d(x, kernel, padding)
+    assert got.shape == expected.shape
+    np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-5)
