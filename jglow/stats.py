@@ -20,6 +20,12 @@ r"""Power spectra of 2-D maps in Pylians' `Pk_plane` conventions, and comparison
 Parseval: with `m_j` the self-conjugate non-DC modes (`k = (n/2, 0), (0, n/2), (n/2, n/2)`
 for even `n`; none for odd `n`),
 `L² var(δ) = 2 Σ_bins nmodes·P − (L/n²)² Σ_j |δ_{m_j}|²`.
+
+Comparisons of a generated set with a true one (the emulator checks of `train.evaluate`):
+`r2_score` (the HIGlow R² of the mean spectrum), `spectrum_ratios` (per-k ratios of means and
+standard deviations), `within_standard_errors` (fraction of k bins whose means agree within
+`n` standard errors), `score_summary` (median, mean, 10th percentile, fraction above a threshold
+of per-simulation scores), `pixel_pdfs` and `ks_distance` (one-point distributions).
 """
 
 import math
@@ -110,3 +116,108 @@ def r2_score(pk_gen, pk_true):
     residual = jnp.sum((mean_gen - mean_true) ** 2)
     total = jnp.sum((mean_true - jnp.mean(mean_true)) ** 2)
     return 1.0 - residual / total
+
+
+def spectrum_ratios(pk_gen, pk_true):
+    """Ratios of generated to true spectra, bin by bin.
+
+    Args:
+      pk_gen: `(N_gen, K)` generated spectra; pk_true: `(N_true, K)` true spectra (same bins).
+    Returns:
+      `(mean_ratio, std_ratio)`, two `(K,)`: `Ḡ_k / T̄_k` of the means over maps and
+      `σ(G)_k / σ(T)_k` of the standard deviations (ddof 0). 1 is a perfect match.
+    """
+    _check_spectra(pk_gen, "pk_gen")
+    _check_spectra(pk_true, "pk_true")
+    (mean_gen, std_gen), (mean_true, std_true) = mean_std_power(pk_gen), mean_std_power(pk_true)
+    return mean_gen / mean_true, std_gen / std_true
+
+
+def within_standard_errors(pk_gen, pk_true, n_se=2.0):
+    """Fraction of k bins where the generated mean lies within `n_se` standard errors of the true.
+
+    The standard error is that of the difference of the two means, `sqrt(s_G²/N_gen +
+    s_T²/N_true)` with sample standard deviations `s` (ddof 1), so both sets need at least two
+    spectra. When both are drawn from one distribution the difference is, for many maps, Gaussian
+    with that standard deviation: a perfect generator scores about 0.954 for `n_se = 2`.
+
+    Args:
+      pk_gen: `(N_gen, K)` generated spectra; pk_true: `(N_true, K)` true spectra.
+      n_se: the tolerance in standard errors.
+    Returns:
+      A scalar in [0, 1] (a bin is inside when `|Ḡ_k − T̄_k| <= n_se · SE_k`).
+    """
+    _check_spectra(pk_gen, "pk_gen")
+    _check_spectra(pk_true, "pk_true")
+    if min(jnp.shape(pk_gen)[0], jnp.shape(pk_true)[0]) < 2:
+        raise ValueError(f"standard errors need at least 2 spectra per set, got "
+                         f"{jnp.shape(pk_gen)[0]} generated and {jnp.shape(pk_true)[0]} true")
+    mean_gen, mean_true = jnp.mean(pk_gen, axis=0), jnp.mean(pk_true, axis=0)
+    variance = (jnp.var(pk_gen, axis=0, ddof=1) / pk_gen.shape[0]
+                + jnp.var(pk_true, axis=0, ddof=1) / pk_true.shape[0])
+    return jnp.mean(jnp.abs(mean_gen - mean_true) <= n_se * jnp.sqrt(variance))
+
+
+def score_summary(scores, threshold=0.9):
+    """Summary of per-simulation scores (e.g. R²) `(S,)`; NaN scores are counted, not summarised.
+
+    Returns:
+      A dict of floats: `median`, `mean`, `p10` (10th percentile) and `fraction_above`
+      (the fraction of all `S` scores above `threshold`, NaN counting as not above) over the
+      finite scores, with `threshold`, `n` (= S) and `n_nan`.
+    """
+    scores = np.asarray(scores, np.float64)
+    if scores.ndim != 1 or scores.size == 0:
+        raise ValueError(f"scores must have shape (S,) with S >= 1, got {scores.shape}")
+    finite = scores[np.isfinite(scores)]
+    summary = (dict(median=np.median(finite), mean=np.mean(finite),
+                    p10=np.percentile(finite, 10)) if finite.size
+               else dict(median=np.nan, mean=np.nan, p10=np.nan))
+    return {**{name: float(value) for name, value in summary.items()},
+            "fraction_above": float(np.mean(scores > threshold)), "threshold": float(threshold),
+            "n": int(scores.size), "n_nan": int(scores.size - finite.size)}
+
+
+def _finite_values(values):
+    """The finite entries of `values` (any shape) as a flat float32 array."""
+    values = np.asarray(values, np.float32).ravel()
+    return values[np.isfinite(values)]
+
+
+def _check_nonempty(values_true, values_gen, name):
+    if not values_true.size or not values_gen.size:
+        raise ValueError(f"{name} needs finite values in both sets, got {values_true.size} "
+                         f"true and {values_gen.size} generated")
+
+
+def pixel_pdfs(values_true, values_gen, bins=60):
+    """Histogram densities of two sets of pixel values on common bins.
+
+    Args:
+      values_true, values_gen: arrays of any shape (e.g. `log10` maps in dex); only finite
+        values count.
+      bins: number of equal bins spanning the finite values of both sets.
+    Returns:
+      `(edges (bins + 1,), density_true (bins,), density_gen (bins,))`, numpy; each density
+      integrates to 1 over the edges (units: 1 / units of the values).
+    """
+    values_true, values_gen = _finite_values(values_true), _finite_values(values_gen)
+    _check_nonempty(values_true, values_gen, "pixel_pdfs")
+    both = np.concatenate([values_true, values_gen])
+    edges = np.histogram_bin_edges(both, bins, range=(both.min(), both.max()))
+    density_true, _ = np.histogram(values_true, edges, density=True)
+    density_gen, _ = np.histogram(values_gen, edges, density=True)
+    return edges, density_true, density_gen
+
+
+def ks_distance(values_true, values_gen):
+    """The Kolmogorov–Smirnov distance of two sets of values (any shapes, finite values only):
+    the largest difference of their empirical CDFs, a float in [0, 1] (0 for identical sets, 1
+    for disjoint ones)."""
+    values_true = np.sort(_finite_values(values_true))
+    values_gen = np.sort(_finite_values(values_gen))
+    _check_nonempty(values_true, values_gen, "ks_distance")
+    points = np.concatenate([values_true, values_gen])
+    cdf_true = np.searchsorted(values_true, points, side="right") / values_true.size
+    cdf_gen = np.searchsorted(values_gen, points, side="right") / values_gen.size
+    return float(np.max(np.abs(cdf_true - cdf_gen)))

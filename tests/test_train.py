@@ -345,3 +345,8 @@ def test_learning_rate_plateau_and_early_stopping_counters():
     state, improved = record_validation(state, jnp.float32(4.0))
     assert bool(improved) and int(state.bad_epochs) == 31  # outside the schedule: best only
     assert float(learning_rate(config, 0, 1.0)) == pytest.approx(1e-3 / 5)  # warm-up step 1 of 5
+
+
+def test_run_record_round_trips_to_the_same_config():
+    config = tiny("--lr", "3e-4", "--levels", "1")
+    assert TrainConfig.from_identity(json.loads(json.dumps(config.identity()))) == config.canonical()

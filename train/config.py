@@ -101,6 +101,14 @@ class TrainConfig:
         record["model"]["image_shape"] = list(self.model.image_shape)
         return record
 
+    @classmethod
+    def from_identity(cls, record: dict) -> "TrainConfig":
+        """Inverse of `identity` (`RESUMABLE_FIELDS` at their defaults), e.g. from `run.json`."""
+        record = dict(record)
+        model = dict(record.pop("model"))
+        model["image_shape"] = tuple(model["image_shape"])
+        return cls(model=GlowConfig(**model), **record)
+
 
 RESUMABLE_FIELDS = ("epochs", "max_steps", "early_stop_patience", "max_nonfinite",
                     "checkpoint_every", "keep_checkpoints", "log_every", "figure_every")

@@ -53,7 +53,7 @@ def choose(val: Split) -> FigureSet:
     return FigureSet(grid, first[:SPECTRUM_MAPS])
 
 
-def _log10_maps(preprocessing: Preprocessing, x) -> np.ndarray:
+def log10_maps(preprocessing: Preprocessing, x) -> np.ndarray:
     """Model-space `x (N, H, W, 1)` → `log10` of the raw maps `(N, H, W)`."""
     return np.log10(np.asarray(preprocessing.inverse_maps(x), np.float64))
 
@@ -63,7 +63,7 @@ def _finite_maps(maps: np.ndarray) -> np.ndarray:
     return np.isfinite(maps.reshape(len(maps), -1)).all(axis=1)
 
 
-def _samples_figure(path, real, fake, params, title):
+def samples_figure(path, real, fake, params, title):
     rows, cols = real.shape[:2]
     fig, axes = plt.subplots(rows, 2 * cols, figsize=(1.1 * 2 * cols + 0.5, 1.1 * rows + 0.5),
                              squeeze=False)
@@ -102,7 +102,7 @@ def _loss_figure(path, records, exact_bits):
     plt.close(fig)
 
 
-def _power_figure(path, k, pk_real, pk_fake, title):
+def power_figure(path, k, pk_real, pk_fake, title):
     fig, ax = plt.subplots(figsize=(5, 3.2))
     means = []
     for pk, label in ((pk_real, "held-out maps"), (pk_fake, "samples")):
@@ -135,20 +135,20 @@ def write(workdir, params, preprocessing: Preprocessing, val: Split, chosen: Fig
     directory.mkdir(parents=True, exist_ok=True)
     indices = np.concatenate([chosen.grid.ravel(), chosen.spectra])
     x = jglow.sample(params, jax.random.key(seed), val.z[indices])
-    fake = _log10_maps(preprocessing, x)
-    real = _log10_maps(preprocessing, val.x[indices])
+    fake = log10_maps(preprocessing, x)
+    real = log10_maps(preprocessing, val.x[indices])
     finite = _finite_maps(fake)
     bad = int((~finite).sum())
     note = f"epoch {epoch}" + (f", {bad} non-finite samples" if bad else "")
     n_grid = chosen.grid.size
     grid_shape = (*chosen.grid.shape, *real.shape[1:])
-    _samples_figure(directory / "samples.png", real[:n_grid].reshape(grid_shape),
+    samples_figure(directory / "samples.png", real[:n_grid].reshape(grid_shape),
                     fake[:n_grid].reshape(grid_shape), val.params[chosen.grid[:, 0]], note)
     _loss_figure(directory / "loss.png", records, exact_bits)
     k, pk_real, _ = power_spectrum(real[n_grid:], BOX_SIZE)
     spectra_fake = fake[n_grid:][finite[n_grid:]]
     pk_fake = (power_spectrum(spectra_fake, BOX_SIZE)[1] if len(spectra_fake)
                else np.zeros((0, len(k))))
-    _power_figure(directory / "power.png", np.asarray(k), np.asarray(pk_real),
+    power_figure(directory / "power.png", np.asarray(k), np.asarray(pk_real),
                   np.asarray(pk_fake), note)
     return bad

@@ -1,0 +1,296 @@
+"""The files of `python -m train.evaluate`: figures (small PNGs), `report.json` and `report.md`.
+
+`write_figures` draws from the evaluation's arrays, reusing the trainer's sample-grid and P(k)
+figures (`train.figures`); `write` turns the result dict into JSON (arrays as lists, non-finite
+numbers as null) and a Markdown page that shows every figure with its numbers.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import pathlib
+
+import matplotlib.ticker
+import numpy as np
+
+from train import figures
+from train.figures import DPI, plt
+
+MODEL_COLOUR, EXACT_COLOUR = "C1", "0.4"
+
+
+# --- JSON ------------------------------------------------------------------------------------
+
+def to_json(value):
+    """`value` with arrays and numpy scalars as Python lists and numbers, tuples as lists and
+    non-finite floats as None, recursively through dicts and lists."""
+    if isinstance(value, dict):
+        return {str(key): to_json(item) for key, item in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [to_json(item) for item in value]
+    if hasattr(value, "__array__"):
+        return to_json(np.asarray(value).tolist())
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    return value
+
+
+# --- figures ---------------------------------------------------------------------------------
+
+def _ratio_figure(path, power, exact_power):
+    """Marginal P(k) ratios (samples / held-out) of the mean and the std against k."""
+    fig, ax = plt.subplots(figsize=(5, 3.2))
+    ax.axhline(1.0, color="k", lw=0.8)
+    for key, style in (("mean_ratio", "-"), ("std_ratio", "--")):
+        name = key.split("_")[0]
+        ax.plot(power["k"], power[key], style, color=MODEL_COLOUR, label=f"model, {name}")
+        if exact_power is not None:
+            ax.plot(exact_power["k"], exact_power[key], style, color=EXACT_COLOUR, lw=0.8,
+                    label=f"exact generator, {name}")
+    ax.set_xscale("log")
+    ax.set_yscale("log")
+    ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
+    ax.set_xlabel("k (h/Mpc)")
+    ax.set_ylabel("samples / held-out")
+    ax.set_title("marginal P(k) of log10 maps: ratios per k", fontsize=8)
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=DPI)
+    plt.close(fig)
+
+
+def _pdf_figure(path, pixels):
+    """Pixel PDFs of the log10 maps, held-out against samples."""
+    edges = np.asarray(pixels["pdf_edges"])
+    fig, ax = plt.subplots(figsize=(5, 3.2))
+    ax.stairs(pixels["pdf_true"], edges, label="held-out maps", color="C0")
+    ax.stairs(pixels["pdf_gen"], edges, label="samples", color=MODEL_COLOUR)
+    ax.set_yscale("log")
+    ax.set_xlabel("log10 pixel value (dex)")
+    ax.set_ylabel("density")
+    ax.set_title(f"pixel PDF, KS distance {pixels['ks_distance']:.3f}", fontsize=8)
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=DPI)
+    plt.close(fig)
+
+
+def _r2_figure(path, per_sim, exact_per_sim, names):
+    """Per-simulation R²: histogram (model and exact generator) and over the parameter plane.
+    Scores below −1 are drawn at −1."""
+    sets = [(np.asarray(per_sim["r2"], np.float64), "model", MODEL_COLOUR)]
+    if exact_per_sim is not None:
+        sets.append((np.asarray(exact_per_sim["r2"], np.float64), "exact generator",
+                     EXACT_COLOUR))
+    low = max(-1.0, min(np.nanmin(scores) for scores, _, _ in sets) - 0.05)
+    fig, (left, right) = plt.subplots(1, 2, figsize=(8, 3.2))
+    for scores, label, colour in sets:
+        left.hist(np.clip(scores, low, 1.0), np.linspace(low, 1.0, 31), histtype="step",
+                  color=colour, label=label)
+    left.set_xlabel("R² of the mean P(k) per simulation")
+    left.set_ylabel("simulations")
+    left.legend(fontsize=7)
+    params = np.asarray(per_sim["params"])
+    points = right.scatter(params[:, 0], params[:, 1], c=np.clip(sets[0][0], low, 1.0),
+                           vmin=low, vmax=1.0, cmap="viridis", s=18)
+    fig.colorbar(points, ax=right, label="R² (model)")
+    right.set_xlabel(names[0])
+    right.set_ylabel(names[1])
+    fig.tight_layout()
+    fig.savefig(path, dpi=DPI)
+    plt.close(fig)
+
+
+def write_figures(out, result, held, held_log, held_pk, samples, spectra) -> None:
+    """Draw the report's figures into `out`.
+
+    Args:
+      result: the evaluation's result dict (arrays not yet converted).
+      held: the held-out `train.data.Split`; held_log: its `log10` maps `(N, H, W)` dex;
+        held_pk: their spectra `(N, K)`.
+      samples: the model's `sample_sets` dict; spectra: its `SampleSpectra`.
+    """
+    out = pathlib.Path(out)
+    chosen = figures.choose(held)
+    health = result["health"]
+    note = f"temperature 1, {health['n_nonfinite']} of {health['n_samples']} samples non-finite"
+    figures.samples_figure(out / "samples.png", held_log[chosen.grid],
+                            samples["marginal"][chosen.grid], held.params[chosen.grid[:, 0]],
+                            note)
+    power = result["marginal"]["power"]
+    figures.power_figure(out / "power.png", np.asarray(power["k"]), held_pk,
+                          spectra.marginal_pk, "marginal: every held-out map vs one sample each")
+    exact = result["exact_generator"]
+    _ratio_figure(out / "power_ratio.png", power, exact and exact["marginal"]["power"])
+    _pdf_figure(out / "pixel_pdf.png", result["marginal"]["pixels"])
+    conditional = result["conditional"]
+    names = [key for key in conditional["worst"][0] if key not in
+             ("sim", "r2", "within_2se", "n_gen")]
+    _r2_figure(out / "r2.png", conditional["per_sim"], exact and exact["conditional"]["per_sim"],
+               names)
+    worst = conditional["worst"][0]
+    sim = worst["sim"]
+    figures.power_figure(out / "worst_power.png", np.asarray(power["k"]), held_pk[held.sim == sim],
+                          spectra.conditional_pk[spectra.conditional_sim == sim],
+                          f"worst simulation {sim}: " + ", ".join(
+                              f"{name} {worst[name]:.3f}" for name in names)
+                          + f", R² {worst['r2']:.3f}")
+
+
+# --- Markdown --------------------------------------------------------------------------------
+
+def _number(value, digits=3) -> str:
+    """`value` with `digits` significant digits; None (a non-finite number) as n/a."""
+    return "n/a" if value is None else f"{value:.{digits}g}"
+
+
+def _table(header, rows) -> list:
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    return lines + ["| " + " | ".join(map(str, row)) + " |" for row in rows]
+
+
+def _summary_rows(conditional, key, label):
+    summary = conditional[key]
+    return [label, _number(summary["median"]), _number(summary["mean"]), _number(summary["p10"]),
+            _number(summary["fraction_above"]), summary["n_nan"]]
+
+
+def _conditional_lines(data) -> list:
+    conditional, exact = data["conditional"], data["exact_generator"]
+    header = ["statistic", "median", "mean", "10th pct", "fraction > 0.9", "NaN sims"]
+    rows = [_summary_rows(conditional, "r2", "R² of mean P(k), model"),
+            _summary_rows(conditional, "within_2se", "fraction of k within 2 SE, model")]
+    if exact:
+        rows += [_summary_rows(exact["conditional"], "r2", "R² of mean P(k), exact generator"),
+                 _summary_rows(exact["conditional"], "within_2se",
+                               "fraction of k within 2 SE, exact generator")]
+    names = [key for key in conditional["worst"][0]
+             if key not in ("sim", "r2", "within_2se", "n_gen")]
+    worst = [[w["sim"], *(_number(w[n], 4) for n in names), _number(w["r2"]),
+              _number(w["within_2se"]), w["n_gen"]] for w in conditional["worst"]]
+    options = data["options"]
+    return ([f"Each of the {conditional['n_sims']} held-out simulations: all its maps against "
+             f"{options['samples_per_sim']} samples at its parameters. A perfect generator "
+             f"scores about 0.954 on the within-2-SE fraction (the difference of two means "
+             f"within 2 of its standard errors)" + (", and the exact generator's row shows the "
+                                                   "R² it reaches with this many maps." if exact
+                                                   else "."), ""]
+            + _table(header, rows) + ["", "Worst simulations by R²:", ""]
+            + _table(["sim", *names, "R²", "within 2 SE", "samples"], worst)
+            + ["", "![R² per simulation](r2.png)", "", "![worst simulation](worst_power.png)"])
+
+
+def _marginal_lines(data) -> list:
+    marginal, exact = data["marginal"], data["exact_generator"]
+    power, pixels = marginal["power"], marginal["pixels"]
+    rows = [[_number(k, 3), _number(mt), _number(mg), _number(mr), _number(st), _number(sg),
+             _number(sr)] for k, mt, mg, mr, st, sg, sr in zip(
+                 power["k"], power["mean_true"], power["mean_gen"], power["mean_ratio"],
+                 power["std_true"], power["std_gen"], power["std_ratio"])]
+    pixel_rows = [[name, *(_number(pixels[name][key], 4) for key in
+                           ("mean", "std", "p1", "p50", "p99"))] for name in ("true", "gen")]
+    lines = [f"{marginal['n_true']} held-out maps against {marginal['n_gen']} finite samples, "
+             f"one at the parameters of each map. R² of the mean P(k): "
+             f"**{_number(marginal['r2'], 4)}**"
+             + (f" (exact generator: {_number(exact['marginal']['r2'], 4)})" if exact else "")
+             + f"; pixel KS distance **{_number(pixels['ks_distance'])}**"
+             + (f" (exact generator: {_number(exact['marginal']['pixels']['ks_distance'])})"
+                if exact else "") + ".", "",
+             "![samples beside held-out maps](samples.png)", "", "![P(k)](power.png)",
+             "![P(k) ratios](power_ratio.png)", "",
+             "P(k) of log10 maps in (Mpc/h)² dex², ratios samples / held-out:", ""]
+    lines += _table(["k (h/Mpc)", "mean held-out", "mean samples", "ratio", "std held-out",
+                     "std samples", "ratio"], rows)
+    lines += ["", "Pixel values of log10 maps (dex):", ""]
+    lines += _table(["set", "mean", "std", "1%", "50%", "99%"], pixel_rows)
+    return lines + ["", "![pixel PDF](pixel_pdf.png)"]
+
+
+def _likelihood_lines(likelihood) -> list:
+    rows = [["model", _number(likelihood["bits_per_dim"], 5),
+             _number(likelihood["nll_nats_per_map"], 6)]]
+    if "exact_bits_per_dim" in likelihood:
+        rows.append(["exact (best possible)", _number(likelihood["exact_bits_per_dim"], 5),
+                     _number(likelihood["exact_nll_nats_per_map"], 6)])
+        rows.append(["gap", _number(likelihood["gap_bits_per_dim"], 3), ""])
+    return ([f"NLL of the {likelihood['n_maps']} held-out maps in model space "
+             f"({likelihood['n_nonfinite']} non-finite):", ""]
+            + _table(["", "bits/dim", "nats per map"], rows))
+
+
+def _inference_lines(inference) -> list:
+    names = [name for name in ("model", "exact") if name in inference]
+    coverage = [[name, *(f"{_number(c['empirical'])} ({_number(c['interval'][0])}–"
+                         f"{_number(c['interval'][1])}){'' if c['is_nominal'] else ' ✗'}"
+                         for c in inference[name]["coverage"].values())] for name in names]
+    levels = list(inference["model"]["coverage"])
+    errors = [[name, parameter, _number(e["bias"]), _number(e["rmse"]), _number(e["mean_std"])]
+              for name in names for parameter, e in inference[name]["errors"].items()]
+    return ([f"Grid posteriors ({inference['grid']}×{inference['grid']}, flat prior on the "
+             f"training box) of {inference['n_maps']} held-out maps spread over the "
+             f"simulations; {inference['n_nonfinite']} non-finite log-likelihoods. Coverage of "
+             f"the HPD regions (in brackets the 99% interval of a calibrated posterior; ✗ "
+             f"outside it):", ""]
+            + _table(["likelihood", *levels], coverage)
+            + ["", "Posterior mean − truth and posterior width, in the parameters' units:", ""]
+            + _table(["likelihood", "parameter", "bias", "RMS error", "mean posterior std"],
+                     errors)
+            + ["", "![coverage](inference/coverage.png)", ""]
+            + [f"![posterior]({path})" for path in inference["figures"]])
+
+
+def _health_lines(health) -> list:
+    reconstruction = health["reconstruction"]
+    return [f"- non-finite samples at temperature 1: **{health['n_nonfinite']} of "
+            f"{health['n_samples']}** (fraction {_number(health['fraction_nonfinite'])}); they "
+            f"are left out of the statistics above and counted here",
+            f"- reconstruction `decode(encode(x)) − x` on the held-out maps: largest "
+            f"{_number(reconstruction['max_abs_model_space'])} (RMS "
+            f"{_number(reconstruction['rms_model_space'])}) in model space, largest "
+            f"{_number(reconstruction['max_abs_dex'])} dex in log10 of the map"]
+
+
+def headline(data) -> str:
+    """A few lines with the report's main numbers (for the terminal)."""
+    data = to_json(data)
+    likelihood, health = data["likelihood"], data["health"]
+    gap = likelihood.get("gap_bits_per_dim")
+    coverage = data["inference"]["model"]["coverage"]
+    return "\n".join([
+        f"report in {data['out']} ({_number(data['timing_s']['total'], 3)} s)",
+        f"held-out NLL {_number(likelihood['bits_per_dim'], 5)} bits/dim"
+        + ("" if gap is None else f", gap to exact {_number(gap, 3)}"),
+        f"marginal R² {_number(data['marginal']['r2'], 4)}; per-simulation R² median "
+        f"{_number(data['conditional']['r2']['median'], 4)}, 10th pct "
+        f"{_number(data['conditional']['r2']['p10'], 4)}; within 2 SE "
+        f"{_number(data['conditional']['within_2se']['mean'])}",
+        "coverage " + ", ".join(f"{level}: {_number(c['empirical'])}"
+                                for level, c in coverage.items()),
+        f"non-finite samples {health['n_nonfinite']} of {health['n_samples']}"])
+
+
+def markdown(data) -> str:
+    """`report.md` of the JSON-ready result `data`."""
+    held = data["held_out"]
+    lines = [f"# Evaluation of `{data['model']}`", "",
+             f"Data: `{data['data']}`, the {held['n_maps']} maps of the {held['n_sims']} "
+             f"simulations of its {held['split']} split (never trained on). Statistics of "
+             f"log10 maps; samples at temperature 1. Reproduce with `{data['command']}` "
+             f"({_number(data['timing_s']['total'], 3)} s).", "", "```", headline(data), "```",
+             "", "## Sample health", ""]
+    lines += _health_lines(data["health"])
+    lines += ["", "## Marginal statistics", ""] + _marginal_lines(data)
+    lines += ["", "## Conditional statistics per simulation", ""] + _conditional_lines(data)
+    lines += ["", "## Likelihood", ""] + _likelihood_lines(data["likelihood"])
+    lines += ["", "## Inference of (Ωm, σ8)", ""] + _inference_lines(data["inference"])
+    timing = ", ".join(f"{name} {seconds:.1f} s" for name, seconds in data["timing_s"].items())
+    return "\n".join(lines + ["", f"Time: {timing}.", ""])
+
+
+def write(out, result) -> None:
+    """`report.json` and `report.md` of `result` in `out`."""
+    out = pathlib.Path(out)
+    data = to_json(result)
+    (out / "report.json").write_text(json.dumps(data, indent=1))
+    (out / "report.md").write_text(markdown(data))
