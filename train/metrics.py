@@ -23,10 +23,15 @@ from train import parallel
 METRICS_FILE = "metrics.jsonl"
 
 
-def _json_safe(value):
-    """Python scalars for JSON; non-finite floats become None."""
-    if isinstance(value, (np.generic, np.ndarray)):
-        value = value.item()
+def json_safe(value):
+    """`value` for JSON, recursively through dicts, lists and tuples: arrays and numpy scalars
+    as Python lists and numbers, tuples as lists, non-finite floats as None."""
+    if isinstance(value, dict):
+        return {str(key): json_safe(item) for key, item in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [json_safe(item) for item in value]
+    if hasattr(value, "__array__"):
+        return json_safe(np.asarray(value).tolist())
     if isinstance(value, float) and not math.isfinite(value):
         return None
     return value
@@ -58,7 +63,7 @@ class MetricsLog:
         """Append one record."""
         if not self.enabled:
             return
-        line = json.dumps({key: _json_safe(value) for key, value in record.items()})
+        line = json.dumps({key: json_safe(value) for key, value in record.items()})
         with open(self.path, "a") as handle:
             handle.write(line + "\n")
 

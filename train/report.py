@@ -8,32 +8,16 @@ numbers as null) and a Markdown page that shows every figure with its numbers.
 from __future__ import annotations
 
 import json
-import math
 import pathlib
 
 import matplotlib.ticker
 import numpy as np
 
 from train import figures
+from train.metrics import json_safe
 from train.figures import DPI, plt
 
 MODEL_COLOUR, EXACT_COLOUR = "C1", "0.4"
-
-
-# --- JSON ------------------------------------------------------------------------------------
-
-def to_json(value):
-    """`value` with arrays and numpy scalars as Python lists and numbers, tuples as lists and
-    non-finite floats as None, recursively through dicts and lists."""
-    if isinstance(value, dict):
-        return {str(key): to_json(item) for key, item in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [to_json(item) for item in value]
-    if hasattr(value, "__array__"):
-        return to_json(np.asarray(value).tolist())
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    return value
 
 
 # --- figures ---------------------------------------------------------------------------------
@@ -253,7 +237,7 @@ def _health_lines(health) -> list:
 
 def headline(data) -> str:
     """A few lines with the report's main numbers (for the terminal)."""
-    data = to_json(data)
+    data = json_safe(data)
     likelihood, health = data["likelihood"], data["health"]
     gap = likelihood.get("gap_bits_per_dim")
     coverage = data["inference"]["model"]["coverage"]
@@ -291,6 +275,6 @@ def markdown(data) -> str:
 def write(out, result) -> None:
     """`report.json` and `report.md` of `result` in `out`."""
     out = pathlib.Path(out)
-    data = to_json(result)
+    data = json_safe(result)
     (out / "report.json").write_text(json.dumps(data, indent=1))
     (out / "report.md").write_text(markdown(data))
