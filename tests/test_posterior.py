@@ -227,3 +227,16 @@ def test_sampler_mean_and_std_agree_with_the_grid_posterior(sharp_map, fine_post
     np.testing.assert_allclose(samples.std, fine_posterior.std, rtol=0.2)
     low, high = np.asarray(PRIOR_BOX).T
     assert np.all((samples.theta >= low) & (samples.theta <= high))
+
+
+def test_grid_posteriors_show_progress_only_when_labelled(capsys):
+    def flat(maps, thetas):
+        return jnp.zeros((maps.shape[0], thetas.shape[0]))
+
+    maps = np.ones((5, 4, 4), np.float32)
+    posteriors = posterior.grid_posteriors(flat, maps, grid=3, map_batch=2,
+                                           progress="test posteriors")
+    assert len(posteriors) == 5
+    assert "test posteriors" in capsys.readouterr().err
+    posterior.grid_posteriors(flat, maps, grid=3, map_batch=2)
+    assert capsys.readouterr().err == ""

@@ -336,7 +336,7 @@ def inference_section(ctx: Context) -> dict:
         tqdm.write(f"posteriors of {len(chosen)} maps on a {grid}×{grid} grid"
                    f"{' (model and exact)' if exact else ''}...", file=sys.stderr)
     summary = infer.infer(ctx.model, maps, str(out), truths, exact, grid,
-                          figures=ctx.options.figures)
+                          figures=ctx.options.figures, progress=ctx.options.progress)
     records = [json.loads((out / f"map_{i:04d}.json").read_text()) for i in range(len(chosen))]
     names = ["model"] + (["exact"] if exact else [])
     return {"n_maps": len(chosen), "grid": grid, "n_nonfinite": summary["n_nonfinite"],

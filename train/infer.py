@@ -86,7 +86,7 @@ def _write_coverage(out_dir, posteriors, references, truths) -> dict:
 
 
 def infer(model, maps, out_dir, truths=None, exact=None, grid=30, chunk_size=None,
-          map_batch=16, figures=10, refine=False) -> dict:
+          map_batch=16, figures=10, refine=False, progress=True) -> dict:
     """Grid posteriors of `maps` under `model`, written to `out_dir` (module docstring).
 
     Args:
@@ -100,6 +100,7 @@ def infer(model, maps, out_dir, truths=None, exact=None, grid=30, chunk_size=Non
       chunk_size: conditions per chunk in `grid_log_prob`; map_batch: maps per call.
       figures: posterior figures drawn for the first this many maps.
       refine: also refine each grid MAP by gradient (`gradient_map`).
+      progress: show progress bars of the likelihood calls.
     Returns:
       The summary dict (also written to `summary.json`).
     """
@@ -110,9 +111,11 @@ def infer(model, maps, out_dir, truths=None, exact=None, grid=30, chunk_size=Non
     os.makedirs(out_dir, exist_ok=True)
     box = model.preprocessing.box
     likelihood = posterior.ModelLikelihood(model.params, model.preprocessing, chunk_size)
-    posteriors = posterior.grid_posteriors(likelihood, maps, grid, box, map_batch=map_batch)
+    posteriors = posterior.grid_posteriors(likelihood, maps, grid, box, map_batch=map_batch,
+                                           progress="model posteriors" if progress else None)
     references = (None if exact is None else
-                  posterior.grid_posteriors(exact, maps, grid, box, map_batch=map_batch))
+                  posterior.grid_posteriors(exact, maps, grid, box, map_batch=map_batch,
+                                            progress="exact posteriors" if progress else None))
     for i, post in enumerate(posteriors):
         estimate = (posterior.gradient_map(likelihood, maps[i], init=post.map_estimate, box=box)
                     if refine else None)

@@ -17,6 +17,7 @@ import dataclasses
 
 import jax.numpy as jnp
 import numpy as np
+from tqdm import tqdm
 
 from jglow.data import PRIOR_BOX
 from jglow.posterior import checks
@@ -263,7 +264,7 @@ def prior_on_grid(log_prior, axes) -> np.ndarray:
 
 
 def grid_posteriors(log_likelihood, maps, grid=30, box=PRIOR_BOX, log_prior=None,
-                    map_batch=16) -> list:
+                    map_batch=16, progress=None) -> list:
     """The grid posterior of each of several raw maps.
 
     Args:
@@ -274,6 +275,7 @@ def grid_posteriors(log_likelihood, maps, grid=30, box=PRIOR_BOX, log_prior=None
       box: the training prior box, for the default grid and the outside-box flag.
       log_prior: see `prior_on_grid`; default flat on the grid.
       map_batch: maps per likelihood call (they share the work that depends only on θ).
+      progress: a label to show a progress bar over the calls (stderr) under; None for none.
     Returns:
       A list of `B` `GridPosterior`.
     """
@@ -282,7 +284,8 @@ def grid_posteriors(log_likelihood, maps, grid=30, box=PRIOR_BOX, log_prior=None
     prior = prior_on_grid(log_prior, axes)
     points = jnp.asarray(grid_points(axes), jnp.float32)
     posteriors = []
-    for start in range(0, maps.shape[0], map_batch):
+    starts = range(0, maps.shape[0], map_batch)
+    for start in tqdm(starts, desc=progress, unit="call", disable=progress is None, leave=False):
         batch = maps[start:start + map_batch]
         table = np.asarray(log_likelihood(jnp.asarray(batch), points))
         if table.shape != (batch.shape[0], points.shape[0]):
