@@ -145,16 +145,6 @@ def draw_samples(params, key, z, batch, desc, progress) -> np.ndarray:
                       (z,), batch, desc, progress)
 
 
-def log10_maps(preprocessing, x) -> np.ndarray:
-    """Model-space `x (N, H, W, 1)` → `log10` of the raw maps, `(N, H, W)` float32 dex."""
-    return figures.log10_maps(preprocessing, x).astype(np.float32)
-
-
-def finite_maps(maps) -> np.ndarray:
-    """`(N,)` bool: the maps `(N, ...)` whose every value is finite."""
-    return np.isfinite(maps.reshape(len(maps), -1)).all(axis=1)
-
-
 # --- statistics (pure) -----------------------------------------------------------------------
 
 def pixel_moments(values) -> dict:
@@ -249,7 +239,7 @@ def sample_sets(ctx: Context) -> dict:
     z = np.concatenate([held.z, np.repeat(held.z[first], options.samples_per_sim, axis=0)])
     x = draw_samples(ctx.model.params, jax.random.key(options.seed), z, options.batch,
                      "samples", options.progress)
-    log_maps = log10_maps(ctx.model.preprocessing, x)
+    log_maps = figures.log10_maps(ctx.model.preprocessing, x)
     return {"marginal": log_maps[:len(held.z)], "conditional": log_maps[len(held.z):],
             "sim": np.repeat(sims, options.samples_per_sim), "sims": sims,
             "sim_params": held.params[first]}
@@ -290,8 +280,8 @@ class SampleSpectra(NamedTuple):
 
 def sample_spectra(samples: dict) -> SampleSpectra:
     """The `SampleSpectra` of `samples` (`sample_sets` or `exact_sample_sets`)."""
-    finite_marginal = finite_maps(samples["marginal"])
-    finite_conditional = finite_maps(samples["conditional"])
+    finite_marginal = figures.finite_maps(samples["marginal"])
+    finite_conditional = figures.finite_maps(samples["conditional"])
     marginal_log = samples["marginal"][finite_marginal]
     return SampleSpectra(marginal_log, spectra_of(marginal_log)[1],
                          spectra_of(samples["conditional"][finite_conditional])[1],
@@ -356,7 +346,7 @@ def reconstruction_section(ctx: Context) -> dict:
                          ctx.options.progress)
     error = rebuilt - held.x
     pre = ctx.model.preprocessing
-    dex = log10_maps(pre, rebuilt) - log10_maps(pre, held.x)
+    dex = figures.log10_maps(pre, rebuilt) - figures.log10_maps(pre, held.x)
     return {"max_abs_model_space": float(np.max(np.abs(error))),
             "rms_model_space": float(np.sqrt(np.mean(error**2))),
             "max_abs_dex": float(np.max(np.abs(dex)))}
@@ -364,8 +354,8 @@ def reconstruction_section(ctx: Context) -> dict:
 
 def health_section(samples: dict, reconstruction: dict) -> dict:
     """Non-finite model samples at temperature 1 (counted over all drawn) and reconstruction."""
-    flags = np.concatenate([~finite_maps(samples["marginal"]),
-                            ~finite_maps(samples["conditional"])])
+    flags = np.concatenate([~figures.finite_maps(samples["marginal"]),
+                            ~figures.finite_maps(samples["conditional"])])
     return {"n_samples": len(flags), "n_nonfinite": int(flags.sum()),
             "fraction_nonfinite": float(flags.mean()), "temperature": 1.0,
             "reconstruction": reconstruction}
@@ -426,7 +416,7 @@ def evaluate(options: Options) -> dict:
         return result
 
     samples = timed("sampling", sample_sets, ctx)
-    held_log = log10_maps(model.preprocessing, held.x)
+    held_log = figures.log10_maps(model.preprocessing, held.x)
     k, held_pk = spectra_of(held_log)
     spectra = timed("spectra", sample_spectra, samples)
     sections = spectral_sections(k, held_log, held_pk, held, samples, spectra)

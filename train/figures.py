@@ -54,11 +54,11 @@ def choose(val: Split) -> FigureSet:
 
 
 def log10_maps(preprocessing: Preprocessing, x) -> np.ndarray:
-    """Model-space `x (N, H, W, 1)` → `log10` of the raw maps `(N, H, W)`."""
-    return np.log10(np.asarray(preprocessing.inverse_maps(x), np.float64))
+    """Model-space `x (N, H, W, 1)` → `log10` of the raw maps, `(N, H, W)` float32 dex."""
+    return np.log10(np.asarray(preprocessing.inverse_maps(x), np.float64)).astype(np.float32)
 
 
-def _finite_maps(maps: np.ndarray) -> np.ndarray:
+def finite_maps(maps: np.ndarray) -> np.ndarray:
     """`(N,)` bool: maps whose every pixel is finite."""
     return np.isfinite(maps.reshape(len(maps), -1)).all(axis=1)
 
@@ -137,7 +137,7 @@ def write(workdir, params, preprocessing: Preprocessing, val: Split, chosen: Fig
     x = jglow.sample(params, jax.random.key(seed), val.z[indices])
     fake = log10_maps(preprocessing, x)
     real = log10_maps(preprocessing, val.x[indices])
-    finite = _finite_maps(fake)
+    finite = finite_maps(fake)
     bad = int((~finite).sum())
     note = f"epoch {epoch}" + (f", {bad} non-finite samples" if bad else "")
     n_grid = chosen.grid.size
