@@ -18,7 +18,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jglow.numerics import conv2d
+from jglow.conv import conv2d
 
 # Standard deviation of the initial values of each parameter name: a number, "fan_in" for
 # N(0, 1/fan_in) (the LeCun normal), or 0 for zeros.
@@ -82,8 +82,7 @@ class ZeroConv(nn.Module):
         kernel = _param(self, "zero_kernel", (3, 3, x.shape[-1], self.features))
         bias = _param(self, "zero_bias", (self.features,))
         log_gain = _param(self, "log_gain", (self.features,))
-        padded = jnp.pad(x, ((0, 0), (1, 1), (1, 1), (0, 0)), constant_values=1.0)
-        return (conv2d(padded, kernel, "VALID") + bias) * jnp.exp(3.0 * log_gain)
+        return (conv2d(x, kernel, pad_value=1.0) + bias) * jnp.exp(3.0 * log_gain)
 
 
 class Dense(nn.Module):

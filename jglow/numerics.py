@@ -15,36 +15,14 @@ def straight_through_clip(x, lower, upper):
     return x + lax.stop_gradient(jnp.clip(x, lower, upper) - x)
 
 
-# Up to this many input channels, a convolution runs as one matmul on its gathered patches
-# (im2col) instead of XLA's convolution, which is slow on CPU for so few channels: at batch 64,
-# 3×3 on 32×32×2 → 16 took 4.9 ms as a convolution and 1.2 ms as patches; from 16 input
-# channels on, the convolution was as fast or faster (README, Performance).
-PATCHES_MAX_CHANNELS = 4
+def channel_matmul(x, matrix):
+    """`(..., Cin) @ (Cin, Cout)` → `(..., Cout)`, as one 2-D matmul.
 
-
-def conv2d(x, kernel, padding="SAME"):
-    """2-D convolution, NHWC input `(N, H, W, Cin)`, HWIO kernel `(kh, kw, Cin, Cout)`, stride 1.
-
-    `padding` is "SAME" (zeros, odd kernel sides) or "VALID". A 1×1 kernel is a matmul; with at
-    most `PATCHES_MAX_CHANNELS` input channels the patches are gathered and multiplied.
+    XLA:CPU runs a dot with several contracted dimensions (the gradient of `x @ matrix` for a
+    4-D `x`) several times slower than the same dot on the flattened 2-D array.
     """
-    kh, kw, channels_in, channels_out = kernel.shape
-    if kh == kw == 1:
-        return x @ kernel[0, 0]
-    if channels_in > PATCHES_MAX_CHANNELS:
-        return lax.conv_general_dilated(
-            x, kernel, window_strides=(1, 1), padding=padding,
-            dimension_numbers=("NHWC", "HWIO", "NHWC"))
-    if padding == "SAME":
-        x = jnp.pad(x, ((0, 0), (kh // 2, kh // 2), (kw // 2, kw // 2), (0, 0)))
-    batch, padded_height, padded_width, _ = x.shape
-    height, width = padded_height - kh + 1, padded_width - kw + 1
-    rows, cols = np.meshgrid(np.arange(height), np.arange(width), indexing="ij")
-    taps = [(rows + i) * padded_width + cols + j for i in range(kh) for j in range(kw)]
-    index = np.stack(taps, axis=-1).reshape(height * width, kh * kw)  # into the flat padded map
-    patches = x.reshape(batch, padded_height * padded_width, channels_in)[:, index]
-    patches = patches.reshape(batch, height, width, kh * kw * channels_in)
-    return patches @ kernel.reshape(kh * kw * channels_in, channels_out)
+    flat = x.reshape(-1, x.shape[-1]) @ matrix
+    return flat.reshape(x.shape[:-1] + matrix.shape[-1:])
 
 
 def sum_except_batch(x):

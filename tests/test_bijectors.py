@@ -9,7 +9,7 @@ import jglow
 from jglow import constant_field
 from jglow.bijectors import ActNorm, AffineInjector, ConditionalCoupling, InvConv1x1, Squeeze, merge, split
 from jglow.nets import InjectorNet
-from jglow.numerics import conv2d
+from jglow.conv import conv2d
 
 from helpers import adam_steps
 
@@ -165,15 +165,45 @@ def test_split_coupling_conv_equals_conv_of_the_concatenation():
     np.testing.assert_allclose(split_form, direct, atol=1e-5)
 
 
-@pytest.mark.parametrize("channels_in", [1, 2, 4, 5, 16])
-@pytest.mark.parametrize("size, padding", [(3, "SAME"), (3, "VALID"), (1, "SAME")])
-def test_conv2d_equals_xla_convolution_on_every_path(channels_in, size, padding):
-    """Matmul (1×1), gathered patches (≤ 4 input channels) and XLA's convolution all agree."""
-    rng = np.random.default_rng(channels_in)
-    x = jnp.asarray(rng.standard_normal((3, 6, 5, channels_in)), jnp.float32)
-    kernel = jnp.asarray(rng.standard_normal((size, size, channels_in, 7)), jnp.float32)
-    expected = jax.lax.conv_general_dilated(x, kernel, (1, 1), padding,
-                                            dimension_numbers=("NHWC", "HWIO", "NHWC"))
-    got = conv2d(x, kernel, padding)
-    assert got.shape == expected.shape
-    np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-5)
+def _xla_conv(x, kernel, pad_value):
+    kh, kw = kernel.shape[:2]
+    padded = jnp.pad(x, ((0, 0), (kh // 2, kh // 2), (kw // 2, kw // 2), (0, 0)),
+                     constant_values=pad_value)
+    return jax.lax.conv_general_dilated(padded, kernel, (1, 1), "VALID",
+                                        dimension_numbers=("NHWC", "HWIO", "NHWC"))
+
+
+# (side, channels in, channels out, kernel side): a small field (XLA's convolution), few input
+# channels (broadcast products), few output channels (taps then shift), neither (XLA's), 1×1;
+# tangents in im2col form (in ≤ out) and in taps-then-shift form (in > out).
+CONV_CASES = [(4, 2, 7, 3), (9, 2, 16, 3), (9, 16, 4, 3), (9, 8, 6, 3), (9, 3, 5, 1)]
+
+
+@pytest.mark.parametrize("side, channels_in, channels_out, size", CONV_CASES)
+@pytest.mark.parametrize("pad_value", [0.0, 1.0])
+def test_conv2d_value_and_derivatives_equal_xla_convolution(side, channels_in, channels_out, size, pad_value):
+    """Every path of `conv2d`, its JVP, its VJP and its vmapped gradient agree with `lax.conv`."""
+    rng = np.random.default_rng(side * channels_in)
+    x, tangent_x = (jnp.asarray(rng.standard_normal((3, side, side + 1, channels_in)), jnp.float32)
+                    for _ in range(2))
+    kernel, tangent_kernel = (jnp.asarray(rng.standard_normal((size, size, channels_in, channels_out)),
+                                          jnp.float32) for _ in range(2))
+    ours = lambda x, kernel: conv2d(x, kernel, pad_value)
+    xla = lambda x, kernel: _xla_conv(x, kernel, pad_value)
+    expected = xla(x, kernel)
+    assert ours(x, kernel).shape == expected.shape == (3, side, side + 1, channels_out)
+    np.testing.assert_allclose(ours(x, kernel), expected, rtol=1e-5, atol=1e-4)
+    primals, tangents = (x, kernel), (tangent_x, tangent_kernel)
+    np.testing.assert_allclose(jax.jvp(ours, primals, tangents)[1], jax.jvp(xla, primals, tangents)[1],
+                               rtol=1e-5, atol=1e-4)
+    cotangent = jnp.asarray(rng.standard_normal(expected.shape), jnp.float32)
+    for got, want in zip(jax.vjp(ours, x, kernel)[1](cotangent), jax.vjp(xla, x, kernel)[1](cotangent)):
+        np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-3)
+    kernels = jnp.stack([kernel, tangent_kernel])
+    batched_grad = lambda f: jax.vmap(jax.grad(lambda k: jnp.sum(jnp.sin(f(x, k)))))(kernels)
+    np.testing.assert_allclose(batched_grad(ours), batched_grad(xla), rtol=1e-4, atol=1e-3)
+
+
+def test_conv2d_refuses_even_kernels():
+    with pytest.raises(ValueError, match="odd kernel sides, got 2x2"):
+        conv2d(jnp.zeros((1, 4, 4, 1)), jnp.zeros((2, 2, 1, 1)))

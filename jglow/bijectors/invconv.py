@@ -14,7 +14,7 @@ import numpy as np
 import scipy.linalg
 from jax import lax
 
-from jglow.numerics import numpy_generator
+from jglow.numerics import channel_matmul, numpy_generator
 
 CONSTANT_KEYS = ("perm", "sign")
 
@@ -54,10 +54,10 @@ class InvConv1x1:
         return jax.scipy.linalg.solve_triangular(upper, lower_inv @ perm.T, lower=False)
 
     def forward(self, params, x, cond=None):
-        return x @ self.weight(params).T, self._log_det(params, x)
+        return channel_matmul(x, self.weight(params).T), self._log_det(params, x)
 
     def inverse(self, params, y, cond=None):
-        return y @ self.inverse_weight(params).T, -self._log_det(params, y)
+        return channel_matmul(y, self.inverse_weight(params).T), -self._log_det(params, y)
 
     @staticmethod
     def _log_det(params, x):
