@@ -8,9 +8,10 @@ Each measurement runs in its own process, so peak memory and forced device count
   backward, clipping, Adam, non-finite guard) on synthetic maps, with and without
   `remat_steps`; compile seconds, median step seconds after compilation, maps/s, and the peak
   RSS of the process (`ru_maxrss`, compilation included) and of the timed steps alone (Linux
-  `VmHWM` after resetting it through `/proc/self/clear_refs`);
-* `devices`: the same step with 1, 2 and 4 host devices forced by
-  `XLA_FLAGS=--xla_force_host_platform_device_count=N` (batch sharded over all N);
+  `VmHWM` reset through `/proc/self/clear_refs` after compiling and, as the trainer does,
+  `train.memory.release_freed_memory`);
+* `devices`: the preset's own step (`remat_steps` as the preset sets it) with 1, 2 and 4 host
+  devices forced by `XLA_FLAGS=--xla_force_host_platform_device_count=N` (batch sharded);
 * `reference` (with `--reference`, a checkout of friedmanroy/HI-generation): the PyTorch
   reference's training step (`benchmarks/reference.py: time_train_step`) with its best malloc
   setting, its peak RSS, and the ratios. Only ratios measured in one run are comparable.
@@ -51,7 +52,7 @@ def measure_jglow(preset, batch, steps, remat):
 
     import jglow
     from jglow.data import fit_preprocessing, synthetic_maps
-    from train import parallel
+    from train import memory, parallel
     from train.config import PRESETS
     from train.main import compiled_functions
     from train.state import init_state
@@ -71,6 +72,8 @@ def measure_jglow(preset, batch, steps, remat):
     compile_s, step = common.compile_seconds(compiled_functions(config, mesh)["step"],
                                              state, xs, zs)
     rss_compiled = _memory_mb("VmRSS")
+    memory.release_freed_memory()  # as the trainer does after its first step
+    rss_released = _memory_mb("VmRSS")
     with open("/proc/self/clear_refs", "w") as refs:
         refs.write("5")  # reset VmHWM to the current RSS
 
@@ -82,7 +85,8 @@ def measure_jglow(preset, batch, steps, remat):
     seconds = common.median_seconds(one_step, repeats=steps)
     return {"devices": mesh.size, "remat_steps": remat, "batch": batch, "compile_s": compile_s,
             "median_step_s": seconds, "maps_per_s": batch / seconds,
-            "rss_after_compile_mb": rss_compiled, "peak_rss_steps_mb": _memory_mb("VmHWM"),
+            "rss_after_compile_mb": rss_compiled, "rss_after_release_mb": rss_released,
+            "peak_rss_steps_mb": _memory_mb("VmHWM"),
             "peak_rss_process_mb": _peak_rss_mb()}
 
 
@@ -96,6 +100,12 @@ def measure_reference(path, batch, steps):
     return {"batch": batch, "median_step_s": timing["median_s"],
             "maps_per_s": timing["maps_per_s"], "peak_rss_process_mb": _peak_rss_mb(),
             "malloc_env": {k: os.environ.get(k) for k in reference.MALLOC_ENV}}
+
+
+def _preset_remats(preset):
+    from train.config import PRESETS
+
+    return PRESETS[preset]().model.remat_steps
 
 
 def _in_child(task, env=None):
@@ -131,10 +141,12 @@ def main():
               "loadavg_start": os.getloadavg()}
     result["jglow"] = _in_child(dict(task, remat=False))
     result["jglow_remat"] = _in_child(dict(task, remat=True))
-    result["devices"] = {1: result["jglow"]}
+    result["preset_remat_steps"] = _preset_remats(args.preset)
+    preset_task = dict(task, remat=result["preset_remat_steps"])
+    result["devices"] = {1: result["jglow_remat" if preset_task["remat"] else "jglow"]}
     for n in (2, 4):
         flags = f"{os.environ.get('XLA_FLAGS', '')} --xla_force_host_platform_device_count={n}"
-        result["devices"][n] = _in_child(dict(task, remat=False), {"XLA_FLAGS": flags.strip()})
+        result["devices"][n] = _in_child(preset_task, {"XLA_FLAGS": flags.strip()})
     if args.reference:
         sys.path.insert(0, HERE)
         import reference  # only for MALLOC_ENV: torch is imported in the child
@@ -147,7 +159,8 @@ def main():
                 ours, theirs = result[name], result["reference"]
                 result[f"{name}_vs_reference"] = {
                     "throughput_ratio": ours["maps_per_s"] / theirs["maps_per_s"],
-                    "peak_rss_ratio": ours["peak_rss_process_mb"] / theirs["peak_rss_process_mb"]}
+                    "peak_rss_ratio": ours["peak_rss_process_mb"] / theirs["peak_rss_process_mb"],
+                    "steps_peak_rss_ratio": ours["peak_rss_steps_mb"] / theirs["peak_rss_process_mb"]}
     result["loadavg_end"] = os.getloadavg()
     common.print_json(result)
 

@@ -23,7 +23,7 @@ from tqdm import tqdm
 
 import jglow
 from jglow.saving import TrainedModel
-from train import checkpoints, figures, parallel
+from train import checkpoints, figures, memory, parallel
 from train.config import TrainConfig, UsageError, build_parser, config_from_args
 from train.data import Data, batch_indices, prepare, steps_per_epoch
 from train.metrics import MetricsLog, mean_nll, nll_sum
@@ -207,11 +207,14 @@ def _train(ctx: _Run, progress: bool) -> RunResult:
     n_train = len(ctx.data.train.x)
     bar = tqdm(total=total, initial=step, disable=not progress, unit="step", dynamic_ncols=True)
     window, clock, model, reason, saved = [], time.perf_counter(), None, "finished", step
+    start = step
     while step < total:
         rows = batch_indices(config.seed, step, n_train, config.batch_size)
         x, z = parallel.global_batch(ctx.mesh, ctx.data.train.x[rows], ctx.data.train.z[rows])
         state, metrics = functions["step"](state, x, z)
         metrics = parallel.host_value(metrics)
+        if step == start:  # the step has just been compiled
+            memory.release_freed_memory()
         step += 1
         window.append(metrics)
         bar.update(1)
@@ -237,6 +240,7 @@ def _train(ctx: _Run, progress: bool) -> RunResult:
         epoch_end = step % ctx.steps_per_epoch == 0
         if epoch_end or step == total:
             state, exported = _validate(ctx, state, step, epoch_end, functions)
+            memory.release_freed_memory()
             model, saved = exported or model, step
             bad_epochs = int(parallel.host_value(state.bad_epochs))
             if epoch_end and bad_epochs >= config.early_stop_patience:
