@@ -7,8 +7,8 @@ Each measurement runs in its own process, so peak memory and forced device count
 * `jglow`: the trainer's jitted step (`train.main.compiled_functions`: augmentation, forward,
   backward, clipping, Adam, non-finite guard) on synthetic maps, with and without
   `remat_steps`; compile seconds, median step seconds after compilation, maps/s, and the peak
-  RSS of the process (`ru_maxrss`, compilation included) and of the timed steps alone (Linux
-  `VmHWM` reset through `/proc/self/clear_refs` after compiling and, as the trainer does,
+  RSS (Linux `VmHWM`) of the process, compilation included, and of the timed steps alone (reset
+  through `/proc/self/clear_refs` after compiling and, as the trainer does,
   `train.memory.release_freed_memory`);
 * `devices`: the preset's own step (`remat_steps` as the preset sets it) with 1, 2 and 4 host
   devices forced by `XLA_FLAGS=--xla_force_host_platform_device_count=N` (batch sharded);
@@ -71,11 +71,11 @@ def measure_jglow(preset, batch, steps, remat):
     xs, zs = parallel.global_batch(mesh, x, z)
     compile_s, step = common.compile_seconds(compiled_functions(config, mesh)["step"],
                                              state, xs, zs)
-    rss_compiled = _memory_mb("VmRSS")
+    rss_compiled, peak_compile = _memory_mb("VmRSS"), _memory_mb("VmHWM")
     memory.release_freed_memory()  # as the trainer does after its first step
     rss_released = _memory_mb("VmRSS")
     with open("/proc/self/clear_refs", "w") as refs:
-        refs.write("5")  # reset VmHWM to the current RSS
+        refs.write("5")  # reset VmHWM (and ru_maxrss) to the current RSS
 
     def one_step():
         nonlocal state
@@ -87,7 +87,7 @@ def measure_jglow(preset, batch, steps, remat):
             "median_step_s": seconds, "maps_per_s": batch / seconds,
             "rss_after_compile_mb": rss_compiled, "rss_after_release_mb": rss_released,
             "peak_rss_steps_mb": _memory_mb("VmHWM"),
-            "peak_rss_process_mb": _peak_rss_mb()}
+            "peak_rss_process_mb": max(peak_compile, _memory_mb("VmHWM"))}
 
 
 def measure_reference(path, batch, steps):
