@@ -20,6 +20,7 @@ The shapes and timings that chose these rules are in README, Performance.
 import jax
 import jax.numpy as jnp
 from jax import lax
+from jax.custom_derivatives import SymbolicZero
 
 from jglow.numerics import channel_matmul
 
@@ -52,12 +53,22 @@ def valid_conv2d(padded, kernel):
     return _forward(padded, kernel)
 
 
-@valid_conv2d.defjvp
 def _valid_conv2d_jvp(primals, tangents):
+    """Tangent `conv(d_padded, kernel) + conv(padded, d_kernel)`; a zero tangent (an argument not
+    being differentiated, e.g. the kernels in a gradient with respect to the conditions) costs
+    nothing."""
     padded, kernel = primals
     d_padded, d_kernel = tangents
     out = valid_conv2d(padded, kernel)
-    return out, _linear_in_second(d_padded, kernel) + _linear_in_second(padded, d_kernel)
+    tangent_out = jnp.zeros_like(out)
+    if not isinstance(d_padded, SymbolicZero):
+        tangent_out = tangent_out + _linear_in_second(d_padded, kernel)
+    if not isinstance(d_kernel, SymbolicZero):
+        tangent_out = tangent_out + _linear_in_second(padded, d_kernel)
+    return out, tangent_out
+
+
+valid_conv2d.defjvp(_valid_conv2d_jvp, symbolic_zeros=True)
 
 
 def _forward(padded, kernel):
