@@ -102,7 +102,7 @@ def measure_reference(path, batch, steps):
             "malloc_env": {k: os.environ.get(k) for k in reference.MALLOC_ENV}}
 
 
-def _preset_remats(preset):
+def _preset_remat_steps(preset):
     from train.config import PRESETS
 
     return PRESETS[preset]().model.remat_steps
@@ -141,7 +141,7 @@ def main():
               "loadavg_start": os.getloadavg()}
     result["jglow"] = _in_child(dict(task, remat=False))
     result["jglow_remat"] = _in_child(dict(task, remat=True))
-    result["preset_remat_steps"] = _preset_remats(args.preset)
+    result["preset_remat_steps"] = _preset_remat_steps(args.preset)
     preset_task = dict(task, remat=result["preset_remat_steps"])
     result["devices"] = {1: result["jglow_remat" if preset_task["remat"] else "jglow"]}
     for n in (2, 4):
