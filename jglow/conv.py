@@ -72,8 +72,8 @@ valid_conv2d.defjvp(_valid_conv2d_jvp, symbolic_zeros=True)
 
 
 def _forward(padded, kernel):
-    _, height, width, _ = _output_shape(padded, kernel)
-    _, _, channels_in, channels_out = kernel.shape
+    kh, kw, channels_in, channels_out = kernel.shape
+    height, width = _output_size(padded, kh, kw)
     if height * width > SMALL_FIELD_PIXELS:
         if channels_in <= FEW_CHANNELS:
             return _broadcast_products(padded, kernel)
@@ -91,15 +91,14 @@ def _linear_in_second(a, b):
     return _taps_then_shift(a, b)
 
 
-def _output_shape(padded, kernel):
-    kh, kw, _, channels_out = kernel.shape
-    batch, padded_height, padded_width, _ = padded.shape
-    return batch, padded_height - kh + 1, padded_width - kw + 1, channels_out
+def _output_size(padded, kh, kw):
+    """`(H, W)` of a 'VALID' `kh × kw` convolution of `padded (N, H+kh−1, W+kw−1, C)`."""
+    return padded.shape[1] - kh + 1, padded.shape[2] - kw + 1
 
 
 def _im2col(padded, kh, kw):
     """`(N, H+kh−1, W+kw−1, C)` → `(N, H, W, kh·kw·C)`, taps in kernel order (row, col, channel)."""
-    height, width = padded.shape[1] - kh + 1, padded.shape[2] - kw + 1
+    height, width = _output_size(padded, kh, kw)
     return jnp.concatenate([padded[:, i:i + height, j:j + width, :]
                             for i in range(kh) for j in range(kw)], axis=-1)
 
@@ -107,7 +106,7 @@ def _im2col(padded, kh, kw):
 def _broadcast_products(padded, kernel):
     """Σ over taps and input channels of (shifted input channel) × (kernel row): one fused loop."""
     kh, kw, channels_in, _ = kernel.shape
-    _, height, width, _ = _output_shape(padded, kernel)
+    height, width = _output_size(padded, kh, kw)
     out = 0.0
     for i in range(kh):
         for j in range(kw):
@@ -124,7 +123,7 @@ def _taps_then_shift(padded, kernel):
     (reverse mode) concatenates nine small pads instead of summing nine full-width ones.
     """
     kh, kw, channels_in, channels_out = kernel.shape
-    _, height, width, _ = _output_shape(padded, kernel)
+    height, width = _output_size(padded, kh, kw)
     per_tap = channel_matmul(padded, jnp.transpose(kernel, (2, 0, 1, 3)).reshape(channels_in, -1))
     per_tap = jnp.split(per_tap, kh * kw, axis=-1)
     return sum(per_tap[i * kw + j][:, i:i + height, j:j + width, :]
