@@ -6,7 +6,14 @@ from each edge, clipped at `n`: along one axis there are at most `2n + 1` classe
 0, 1, …, n−1 from the start, "interior", and the mirror at the end). So the network evaluated on a
 small `(2n+1) × (2n+1)` field holds every distinct value, and indexing expands it to `(H, W)`
 exactly. For the affine injector (two 3×3 convs) that is a 5×5 field instead of up to 32×32.
+
+A convolution of an expanded field need not expand it: `conv_of_small_field` maps the small
+field of depth `n` straight to the small field of depth `n + 1` with one matmul whose matrix is
+built from the kernel. The injector's hidden layers (one conv deep) live on a 3×3 field and its
+ZeroConv output on the 5×5 field.
 """
+
+import functools
 
 import numpy as np
 import jax.numpy as jnp
@@ -26,6 +33,14 @@ def expansion_index(side: int, depth: int) -> np.ndarray:
                            np.arange(depth + 1, n)])
 
 
+def _representative_positions(side: int, depth: int) -> np.ndarray:
+    """`(small side,)` int: a map position (row or column) for each row of the small field."""
+    n = small_side(side, depth)
+    if side <= n:
+        return np.arange(side)
+    return np.concatenate([np.arange(depth + 1), side - depth + np.arange(depth)])
+
+
 def constant_field(z, height: int, width: int, depth: int):
     """`(N, D)` conditions → `(N, h, w, D)` constant field on the small grid for `depth` convs."""
     h, w = small_side(height, depth), small_side(width, depth)
@@ -36,4 +51,53 @@ def expand(small, height: int, width: int, depth: int):
     """`(..., h, w, C)` small field → `(..., height, width, C)` full field (exact)."""
     rows = expansion_index(height, depth)
     cols = expansion_index(width, depth)
-    return jnp.take(jnp.take(small, rows, axis=-3), cols, axis=-2)
+    take = dict(mode="clip", indices_are_sorted=True)  # static, in-range indices: no fill
+    return jnp.take(jnp.take(small, rows, axis=-3, **take), cols, axis=-2, **take)
+
+
+def pixel_counts(height: int, width: int, depth: int) -> np.ndarray:
+    """`(h, w)` float32: how many pixels of the `(height, width)` map each small-field pixel
+    stands for, so that a sum over the map is a weighted sum over the small field."""
+    rows = np.bincount(expansion_index(height, depth))
+    cols = np.bincount(expansion_index(width, depth))
+    return np.outer(rows, cols).astype(np.float32)
+
+
+def conv_of_small_field(small, kernel, height: int, width: int, depth: int, pad_value: float):
+    """`conv2d(expand(small), kernel, pad_value)` on the small field one 3×3 conv deeper, exactly.
+
+    `small (N, h, w, Cin)` is the field of depth `depth` of an `(height, width)` map; the result
+    `(N, h', w', Cout)` is the field of depth `depth + 1`. Computed as one matmul
+    `(N, h·w·Cin) @ (h·w·Cin, h'·w'·Cout)` plus the padding's constant contribution.
+    """
+    kh, kw, channels_in, channels_out = kernel.shape
+    selection = _tap_selection(height, width, depth, kh, kw)          # (P', Q + 1, taps)
+    per_input = jnp.einsum("pqt,tio->qipo", selection,
+                           kernel.reshape(kh * kw, channels_in, channels_out))
+    matrix = per_input[:-1].reshape(-1, selection.shape[0] * channels_out)
+    offset = pad_value * jnp.sum(per_input[-1], axis=0).reshape(-1)
+    out = small.reshape(small.shape[0], -1) @ matrix + offset
+    out_rows = small_side(height, depth + kh // 2)
+    return out.reshape(small.shape[0], out_rows, -1, channels_out)
+
+
+@functools.lru_cache(maxsize=None)
+def _tap_selection(height: int, width: int, depth: int, kh: int, kw: int) -> np.ndarray:
+    """`(P', Q + 1, kh·kw)` 0/1: which input of the depth-`depth` field (flattened; the last index
+    stands for the padding) each tap of each output pixel of the deeper field reads."""
+    out_depth = depth + kh // 2
+    rows_out = _representative_positions(height, out_depth)
+    cols_out = _representative_positions(width, out_depth)
+    rows_in, cols_in = expansion_index(height, depth), expansion_index(width, depth)
+    in_width = small_side(width, depth)
+    padding = small_side(height, depth) * in_width
+    selection = np.zeros((rows_out.size * cols_out.size, padding + 1, kh * kw), np.float32)
+    for p, (row, col) in enumerate((r, c) for r in rows_out for c in cols_out):
+        for i in range(kh):
+            for j in range(kw):
+                a, b = row + i - kh // 2, col + j - kw // 2
+                inside = 0 <= a < height and 0 <= b < width
+                q = rows_in[a] * in_width + cols_in[b] if inside else padding
+                selection[p, q, i * kw + j] = 1.0
+    selection.flags.writeable = False  # cached: shared by every call
+    return selection

@@ -18,6 +18,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from jglow.constant_field import conv_of_small_field
 from jglow.conv import conv2d
 
 # Standard deviation of the initial values of each parameter name: a number, "fan_in" for
@@ -73,16 +74,24 @@ class Conv(nn.Module):
 
 
 class ZeroConv(nn.Module):
-    """3×3 conv on the input padded with ones, zero-initialised, output scaled by `exp(3·g)`."""
+    """3×3 conv on the input padded with ones, zero-initialised, output scaled by `exp(3·g)`.
+
+    With `map_shape = (H, W)`, `x` is the depth-1 small field of an `H × W` map
+    (`jglow.constant_field`) and the output is its depth-2 small field.
+    """
 
     features: int
 
     @nn.compact
-    def __call__(self, x):
+    def __call__(self, x, map_shape=None):
         kernel = _param(self, "zero_kernel", (3, 3, x.shape[-1], self.features))
         bias = _param(self, "zero_bias", (self.features,))
         log_gain = _param(self, "log_gain", (self.features,))
-        return (conv2d(x, kernel, pad_value=1.0) + bias) * jnp.exp(3.0 * log_gain)
+        if map_shape is None:
+            out = conv2d(x, kernel, pad_value=1.0)
+        else:
+            out = conv_of_small_field(x, kernel, *map_shape, depth=1, pad_value=1.0)
+        return (out + bias) * jnp.exp(3.0 * log_gain)
 
 
 class Dense(nn.Module):
@@ -102,16 +111,19 @@ class InjectorNet(nn.Module):
     """Affine-injector CNN: 3×3 conv, ReLU, 1×1 conv, ReLU, ZeroConv → `2·channels` outputs.
 
     Input: the conditions as a constant field `(N, h, w, D)`; output `(N, h, w, 2·channels)`.
+    With `map_shape = (H, W)` the input is the depth-1 small field of an `H × W` map (at most
+    3×3) and the output its depth-2 small field (at most 5×5), see `jglow.constant_field`: the
+    hidden layers, one 3×3 conv deep, take only 3×3 distinct values.
     """
 
     hidden: int
     channels: int
 
     @nn.compact
-    def __call__(self, cond_field):
+    def __call__(self, cond_field, map_shape=None):
         h = nn.relu(Conv(self.hidden, 3)(cond_field))
         h = nn.relu(Conv(self.hidden, 1)(h))
-        return ZeroConv(2 * self.channels)(h)
+        return ZeroConv(2 * self.channels)(h, map_shape)
 
 
 class CouplingNet(nn.Module):

@@ -8,6 +8,7 @@ import pytest
 import jglow
 from jglow import constant_field
 from jglow.bijectors import ActNorm, AffineInjector, ConditionalCoupling, InvConv1x1, Squeeze, merge, split
+from jglow.bijectors.injector import LOG_SCALE_RANGE
 from jglow.nets import InjectorNet
 from jglow.conv import conv2d
 
@@ -137,9 +138,10 @@ def test_invconv_weight_times_inverse_is_identity_and_constants_get_no_gradient(
     assert float(jnp.abs(grads["lower"]).max()) > 0.0
 
 
-@pytest.mark.parametrize("side", [1, 3, 5, 6, 9, 16])
+@pytest.mark.parametrize("side", [1, 2, 3, 4, 5, 6, 9, 16])
 def test_small_field_expansion_equals_the_full_constant_field(side):
-    """The injector CNN on the full (side × side) constant field equals the 5×5 field expanded."""
+    """The injector CNN on the full (side × side) constant field equals its condition (hidden
+    layers on the 3×3 field, output on the 5×5 field) expanded."""
     bijector = AffineInjector(CHANNELS, 8, COND_DIM)
     params = jax.tree_util.tree_map(
         lambda leaf: leaf + 0.3 * jax.random.normal(jax.random.PRNGKey(leaf.size), leaf.shape),
@@ -147,8 +149,23 @@ def test_small_field_expansion_equals_the_full_constant_field(side):
     _, z = _inputs()
     full_field = jnp.broadcast_to(z[:, None, None, :], (z.shape[0], side, side, COND_DIM))
     full = InjectorNet(8, CHANNELS).apply({"params": params}, full_field)
-    small = InjectorNet(8, CHANNELS).apply({"params": params}, constant_field.constant_field(z, side, side, 2))
-    np.testing.assert_allclose(constant_field.expand(small, side, side, 2), full, atol=1e-5)
+    shift, log_scale = bijector.condition(params, z, side, side)
+    small = jnp.concatenate([shift, log_scale], axis=-1)
+    full = full.at[..., CHANNELS:].set(jnp.clip(full[..., CHANNELS:], *LOG_SCALE_RANGE))
+    np.testing.assert_allclose(constant_field.expand(small, side, side, 2), full, atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("height, width", [(1, 1), (1, 4), (2, 2), (3, 7), (4, 4), (16, 5)])
+@pytest.mark.parametrize("pad_value", [0.0, 1.0])
+def test_conv_of_small_field_equals_the_conv_of_the_expanded_field(height, width, pad_value):
+    """`conv_of_small_field` on a depth-1 field == conv2d of the expanded map, on the depth-2 field."""
+    small_shape = (3, constant_field.small_side(height, 1), constant_field.small_side(width, 1), 5)
+    small = jax.random.normal(jax.random.PRNGKey(4), small_shape)
+    kernel = jax.random.normal(jax.random.PRNGKey(5), (3, 3, 5, 6))
+    direct = conv2d(constant_field.expand(small, height, width, 1), kernel, pad_value=pad_value)
+    deeper = constant_field.conv_of_small_field(small, kernel, height, width, 1, pad_value)
+    assert deeper.shape == (3, constant_field.small_side(height, 2), constant_field.small_side(width, 2), 6)
+    np.testing.assert_allclose(constant_field.expand(deeper, height, width, 2), direct, atol=1e-5, rtol=1e-5)
 
 
 def test_split_coupling_conv_equals_conv_of_the_concatenation():

@@ -2,8 +2,8 @@
 
 `y = x·exp(s) + b` with `(b, s)` from a CNN of the conditions broadcast as constant channels;
 `s` is clamped to `[log 1e-3, 5]` straight-through; `log_det = Σ s` over `H, W, C`. Because the
-CNN's input is constant over the map, its output is computed on a 5×5 field and expanded
-(`jglow.constant_field`), which is exact.
+CNN's input is constant over the map, its hidden layers are computed on a 3×3 field and its
+output on a 5×5 field, then expanded (`jglow.constant_field`), which is exact.
 """
 
 import dataclasses
@@ -13,7 +13,7 @@ import jax.numpy as jnp
 
 from jglow import constant_field
 from jglow.nets import InjectorNet, numpy_init
-from jglow.numerics import numpy_generator, straight_through_clip, sum_except_batch
+from jglow.numerics import numpy_generator, straight_through_clip
 
 LOG_SCALE_RANGE = (math.log(1e-3), 5.0)
 # Two 3×3 convolutions (the first conv and the ZeroConv) see the edges.
@@ -35,21 +35,31 @@ class AffineInjector:
 
     def condition(self, params, z, height, width):
         """`z (N, D)` → `(shift, log_scale)`, each `(N, h, w, C)` on the small field (h, w ≤ 5)."""
-        field = constant_field.constant_field(z, height, width, _CONV_DEPTH)
-        out = self.net.apply({"params": params}, field)
+        field = constant_field.constant_field(z, height, width, depth=1)
+        out = self.net.apply({"params": params}, field, (height, width))
         shift, log_scale = out[..., : self.channels], out[..., self.channels:]
         return shift, straight_through_clip(log_scale, *LOG_SCALE_RANGE)
 
-    def _expanded(self, cond, x):
-        _, h, w, _ = x.shape
-        return tuple(constant_field.expand(c, h, w, _CONV_DEPTH) for c in cond)
-
     def forward(self, params, x, cond):
-        shift, log_scale = self._expanded(cond, x)
-        y = x * jnp.exp(log_scale) + shift
-        return y, jnp.broadcast_to(sum_except_batch(log_scale), x.shape[:1])
+        shift, log_scale = cond
+        _, h, w, _ = x.shape
+        y = x * self._expanded(jnp.exp(log_scale), h, w) + self._expanded(shift, h, w)
+        return y, jnp.broadcast_to(self._log_det(log_scale, h, w), x.shape[:1])
 
     def inverse(self, params, y, cond):
-        shift, log_scale = self._expanded(cond, y)
-        x = (y - shift) * jnp.exp(-log_scale)
-        return x, -jnp.broadcast_to(sum_except_batch(log_scale), y.shape[:1])
+        shift, log_scale = cond
+        _, h, w, _ = y.shape
+        x = (y - self._expanded(shift, h, w)) * self._expanded(jnp.exp(-log_scale), h, w)
+        return x, -jnp.broadcast_to(self._log_det(log_scale, h, w), y.shape[:1])
+
+    @staticmethod
+    def _expanded(small, height, width):
+        """A small-field quantity `(N, h, w, C)` on the whole `(height, width)` map (the
+        exponentials are taken on the small field: 25 values instead of height·width)."""
+        return constant_field.expand(small, height, width, _CONV_DEPTH)
+
+    @staticmethod
+    def _log_det(log_scale, height, width):
+        """`Σ s` over the `(height, width)` map and channels, from the small field: `(N,)`."""
+        counts = constant_field.pixel_counts(height, width, _CONV_DEPTH)
+        return jnp.einsum("nhwc,hw->n", log_scale, counts)
