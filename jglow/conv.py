@@ -35,13 +35,14 @@ def conv2d(x, kernel, pad_value=0.0):
     """Stride-1 'same' convolution: `x (N, H, W, Cin)`, `kernel (kh, kw, Cin, Cout)` → `(N, H, W, Cout)`.
 
     Kernel sides are odd; the border is padded with `pad_value` (0 for an ordinary
-    convolution, 1 for Glow's ZeroConv). A 1×1 kernel is a matmul.
+    convolution, 1 for Glow's ZeroConv). A 1×1 kernel (also the invertible 1×1 convolution)
+    is a matmul, or broadcast products for ≤ 4 input channels on a large field.
     """
     kh, kw, _, _ = kernel.shape
     if kh % 2 == 0 or kw % 2 == 0:
         raise ValueError(f"conv2d needs odd kernel sides, got {kh}x{kw}")
     if kh == kw == 1:
-        return channel_matmul(x, kernel[0, 0])
+        return valid_conv2d(x, kernel)
     padded = jnp.pad(x, ((0, 0), (kh // 2, kh // 2), (kw // 2, kw // 2), (0, 0)),
                      constant_values=pad_value)
     return valid_conv2d(padded, kernel)
@@ -74,11 +75,13 @@ valid_conv2d.defjvp(_valid_conv2d_jvp, symbolic_zeros=True)
 def _forward(padded, kernel):
     kh, kw, channels_in, channels_out = kernel.shape
     height, width = _output_size(padded, kh, kw)
-    if height * width > SMALL_FIELD_PIXELS:
-        if channels_in <= FEW_CHANNELS:
-            return _broadcast_products(padded, kernel)
-        if channels_out <= FEW_CHANNELS:
-            return _taps_then_shift(padded, kernel)
+    large_field = height * width > SMALL_FIELD_PIXELS
+    if large_field and channels_in <= FEW_CHANNELS:
+        return _broadcast_products(padded, kernel)
+    if kh == kw == 1:
+        return channel_matmul(padded, kernel[0, 0])
+    if large_field and channels_out <= FEW_CHANNELS:
+        return _taps_then_shift(padded, kernel)
     return lax.conv_general_dilated(padded, kernel, (1, 1), "VALID",
                                     dimension_numbers=("NHWC", "HWIO", "NHWC"))
 

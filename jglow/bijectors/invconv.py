@@ -14,7 +14,8 @@ import numpy as np
 import scipy.linalg
 from jax import lax
 
-from jglow.numerics import channel_matmul, numpy_generator
+from jglow.conv import conv2d
+from jglow.numerics import numpy_generator
 
 CONSTANT_KEYS = ("perm", "sign")
 
@@ -54,10 +55,10 @@ class InvConv1x1:
         return jax.scipy.linalg.solve_triangular(upper, lower_inv @ perm.T, lower=False)
 
     def forward(self, params, x, cond=None):
-        return channel_matmul(x, self.weight(params).T), self._log_det(params, x)
+        return conv2d(x, self.weight(params).T[None, None]), self._log_det(params, x)
 
     def inverse(self, params, y, cond=None):
-        return channel_matmul(y, self.inverse_weight(params).T), -self._log_det(params, y)
+        return conv2d(y, self.inverse_weight(params).T[None, None]), -self._log_det(params, y)
 
     @staticmethod
     def _log_det(params, x):
