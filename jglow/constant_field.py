@@ -34,11 +34,10 @@ def expansion_index(side: int, depth: int) -> np.ndarray:
 
 
 def _representative_positions(side: int, depth: int) -> np.ndarray:
-    """`(small side,)` int: a map position (row or column) for each row of the small field."""
-    n = small_side(side, depth)
-    if side <= n:
-        return np.arange(side)
-    return np.concatenate([np.arange(depth + 1), side - depth + np.arange(depth)])
+    """`(small side,)` int: a map position (row or column) for each row of the small field,
+    the first one `expansion_index` sends there."""
+    _, first = np.unique(expansion_index(side, depth), return_index=True)
+    return first
 
 
 def constant_field(z, height: int, width: int, depth: int):
