@@ -63,10 +63,11 @@ def pixel_counts(height: int, width: int, depth: int) -> np.ndarray:
 
 
 def conv_of_small_field(small, kernel, height: int, width: int, depth: int, pad_value: float):
-    """`conv2d(expand(small), kernel, pad_value)` on the small field one 3×3 conv deeper, exactly.
+    """`conv2d(expand(small), kernel, pad_value)` on the small field one conv deeper, exactly.
 
     `small (N, h, w, Cin)` is the field of depth `depth` of an `(height, width)` map; the result
-    `(N, h', w', Cout)` is the field of depth `depth + 1`. Computed as one matmul
+    `(N, h', w', Cout)` is the field of depth `depth + kh // 2` (`depth + 1` for a 3×3
+    kernel). Computed as one matmul
     `(N, h·w·Cin) @ (h·w·Cin, h'·w'·Cout)` plus the padding's constant contribution.
     """
     kh, kw, channels_in, channels_out = kernel.shape

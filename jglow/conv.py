@@ -5,9 +5,10 @@ The conditioner CNNs have few channels (2–16 in, 4–256 out). XLA:CPU's convo
 `vmap` (the stacked flow steps) becomes a grouped convolution whose gradient is slower still
 (the conditioning's gradient took 4.1 s of a 10.5 s training step). So:
 
-* the value is computed by whichever of three exact forms is fastest for the shape
-  (`_forward`): a fused sum of broadcast products for ≤ 4 input channels, one matmul to every
-  tap followed by shifted adds for ≤ 4 output channels, XLA's convolution otherwise;
+* the value is computed by whichever exact form is fastest for the shape
+  (`_forward`): a fused sum of broadcast products for ≤ 4 input channels, a matmul for a 1×1
+  kernel, one matmul to every tap followed by shifted adds for ≤ 4 output channels, XLA's
+  convolution otherwise;
 * the derivatives come from a custom JVP that is linear in the tangents and written with
   matmuls and slices only (`_linear_in_second`), so that reverse mode (its transpose) is
   matmuls and pads: `im2col(a) @ kernel` when the input has at most as many channels as the
