@@ -168,6 +168,27 @@ def test_conv_of_small_field_equals_the_conv_of_the_expanded_field(height, width
     np.testing.assert_allclose(constant_field.expand(deeper, height, width, 2), direct, atol=1e-5, rtol=1e-5)
 
 
+@pytest.mark.parametrize("height, width", [(1, 1), (2, 2), (3, 7), (16, 5)])
+def test_conv_of_small_field_has_the_gradients_of_the_conv_of_the_expanded_field(height, width):
+    """Its custom derivative (`_select_and_sum`), in reverse and forward mode, == autodiff
+    through conv2d of the expanded map, in the small field and in the kernel."""
+    small_shape = (2, constant_field.small_side(height, 1), constant_field.small_side(width, 1), 4)
+    small = jax.random.normal(jax.random.PRNGKey(6), small_shape)
+    kernel = jax.random.normal(jax.random.PRNGKey(7), (3, 3, 4, 3))
+    weights = jax.random.normal(jax.random.PRNGKey(8), (2, height, width, 3))
+
+    def projection(fn):  # a random linear functional of the full (height, width) output map
+        return lambda s, k: jnp.sum(weights * jnp.sin(fn(s, k)))
+
+    direct = projection(lambda s, k: conv2d(constant_field.expand(s, height, width, 1), k, 1.0))
+    shortcut = projection(lambda s, k: constant_field.expand(
+        constant_field.conv_of_small_field(s, k, height, width, 1, 1.0), height, width, 2))
+    for derivative in (jax.grad, jax.jacfwd):
+        for ours, reference in zip(derivative(shortcut, (0, 1))(small, kernel),
+                                   derivative(direct, (0, 1))(small, kernel)):
+            np.testing.assert_allclose(ours, reference, atol=1e-4, rtol=1e-4)
+
+
 def test_split_coupling_conv_equals_conv_of_the_concatenation():
     """conv(concat(xa, z-field)) == conv(xa) + the 3×3-field condition term, expanded."""
     bijector = ConditionalCoupling(CHANNELS, 8, COND_DIM)

@@ -95,6 +95,17 @@ def test_grid_log_prob_refuses_a_bad_chunk_size(setup):
         posterior.grid_log_prob(params, x, zs, chunk_size=0)
 
 
+@pytest.mark.parametrize("n_conditions, n_maps, expected", [
+    (900, 1, 60), (10_000, 1, 64), (64, 1, 64), (65, 1, 33), (12, 1, 12), (900, 3, 21),
+    (900, 100, 1)])
+def test_default_chunks_are_balanced(n_conditions, n_maps, expected):
+    """At most 64 evaluations per chunk, and less than one padded condition per chunk."""
+    size = posterior.grid.default_chunk_size(n_conditions, n_maps)
+    n_chunks = -(-n_conditions // size)
+    assert size == expected
+    assert size * n_maps <= max(64, n_maps) and n_chunks * size - n_conditions < n_chunks
+
+
 # --- grid posteriors on the exact synthetic likelihood -----------------------------------------
 
 EXACT = posterior.SyntheticLikelihood()

@@ -23,14 +23,18 @@ from jglow import model
 from jglow.posterior import checks
 
 EVALUATIONS_PER_CHUNK = 64
-"""Default work per chunk, in (map, condition) pairs: `chunk_size = max(1, 64 // B)`. Measured
+"""Most work per chunk by default, in (map, condition) pairs (`default_chunk_size`). Measured
 on the 2-core CPU (paper configuration, one map, 30×30 grid, `benchmarks/bench_posterior.py`, one
 run): chunks of 1, 4, 16, 64, 256 took 15.2, 8.7, 5.7, 5.5, 6.8 s."""
 
 
 def default_chunk_size(n_conditions: int, n_maps: int) -> int:
-    """`chunk_size` used when none is given: about `EVALUATIONS_PER_CHUNK` pairs per chunk."""
-    return max(1, min(n_conditions, EVALUATIONS_PER_CHUNK // n_maps))
+    """`chunk_size` used when none is given: at most `EVALUATIONS_PER_CHUNK` pairs per chunk,
+    balanced over the chunks so that the padding is less than one condition per chunk (a
+    30×30 grid of one map runs as 15 chunks of 60, not 15 of 64 with 60 padded conditions)."""
+    largest = max(1, min(n_conditions, EVALUATIONS_PER_CHUNK // n_maps))
+    n_chunks = -(-n_conditions // largest)
+    return -(-n_conditions // n_chunks)
 
 
 def map_in_chunks(fn, xs, chunk_size: int):
