@@ -19,8 +19,6 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jglow.numerics import channel_matmul
-
 
 def small_side(side: int, depth: int) -> int:
     """Side of the small field that holds every distinct value for `depth` stacked 3×3 convs."""
