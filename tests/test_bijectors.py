@@ -170,8 +170,8 @@ def test_conv_of_small_field_equals_the_conv_of_the_expanded_field(height, width
 
 @pytest.mark.parametrize("height, width", [(1, 1), (2, 2), (3, 7), (16, 5)])
 def test_conv_of_small_field_has_the_gradients_of_the_conv_of_the_expanded_field(height, width):
-    """Its custom derivative (`_select_and_sum`), in reverse and forward mode, == autodiff
-    through conv2d of the expanded map, in the small field and in the kernel."""
+    """Its derivatives, in reverse and forward mode, == autodiff through conv2d of the
+    expanded map, in the small field and in the kernel."""
     small_shape = (2, constant_field.small_side(height, 1), constant_field.small_side(width, 1), 4)
     small = jax.random.normal(jax.random.PRNGKey(6), small_shape)
     kernel = jax.random.normal(jax.random.PRNGKey(7), (3, 3, 4, 3))
