@@ -95,7 +95,7 @@ def _tap_structure(height: int, width: int, depth: int, kh: int, kw: int):
     (P', kh·kw)` is 1 where a tap of `p` falls in the padding.
 
     (Summing the taps with slices and adds instead of this matmul made the conditioning of 64
-    maps faster, 30–38 against 46–50 ms, but compiling the paper model's `log_prob` 3–4 s
+    maps faster, 30–38 against 46–53 ms, but compiling the paper model's `log_prob` 3–4 s
     slower and a tiny model's twice as slow.)
     """
     out_depth = depth + kh // 2
