@@ -10,7 +10,6 @@ coupling CNN, the prior networks) is gathered by `condition(params, z)`; the flo
 posterior reuses one conditioning for many maps.
 """
 
-from functools import partial
 from typing import List, Tuple
 
 import flax.struct
@@ -20,6 +19,7 @@ import jax.numpy as jnp
 from jglow import checks
 from jglow.bijectors import ActNorm, Squeeze, merge, split
 from jglow.bijectors.invconv import CONSTANT_KEYS
+from jglow.compilation import jit
 from jglow.config import GlowConfig
 from jglow.flow import FlowStep, StepStack
 from jglow.numerics import split_keys
@@ -86,7 +86,7 @@ def _random_init(key, config: GlowConfig) -> GlowParams:
     return GlowParams(config=config, levels=levels, final=final, priors=priors)
 
 
-@jax.jit
+@jit
 def _init_actnorm(params: GlowParams, x, z) -> GlowParams:
     """Adds to each level an ActNorm that normalises the batch `x` where it reaches that level."""
     levels = []
@@ -164,24 +164,24 @@ def log_prob_given(params: GlowParams, x, conditioning):
 
 # --- public API (validated, jit-compiled) ----------------------------------------------------
 
-@jax.jit
+@jit
 def _log_prob(params, x, z):
     return log_prob_given(params, x, condition(params, z))
 
 
-@jax.jit
+@jit
 def _encode(params, x, z):
     latents, _ = flow_forward(params, x, condition(params, z))
     return _flatten(latents)
 
 
-@jax.jit
+@jit
 def _decode(params, latents, z):
     x, _ = flow_inverse(params, _unflatten(params.config, latents), condition(params, z))
     return x
 
 
-@jax.jit
+@jit
 def _sample(params, key, z, temperature):
     conditioning = condition(params, z)
     keys = jax.random.split(key, len(conditioning["priors"]))

@@ -34,6 +34,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from jglow.compilation import jit
+
 
 def _independent_modes(n):
     """Pylians' independent modes of an `n × n` grid in the rfft2 layout `(n, n // 2 + 1)`.
@@ -55,7 +57,7 @@ def _independent_modes(n):
     return flat_index, bin_index, radius, int(math.isqrt(2 * (n // 2) ** 2))
 
 
-@jax.jit
+@jit
 def _power_spectrum(maps, box_size):
     """`power_spectrum` after its shape check, maps `(N, n, n)` float32."""
     n = maps.shape[1]

@@ -16,6 +16,7 @@ import numpy as np
 from jax import lax
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
+from jglow.compilation import jit
 from train.config import UsageError
 
 AXIS = "data"
@@ -87,11 +88,12 @@ def host_value(tree):
 
 def jit_on_mesh(fn, mesh: Mesh, replicated_args: int, sharded_args: int,
                 donate_first: bool = False):
-    """`jax.jit(fn)` for `fn(*replicated_args, *sharded_args)`: the first `replicated_args`
-    arguments and every output replicated, the next `sharded_args` split on their batch axis."""
+    """`jit(fn)` (`jglow.compilation`) for `fn(*replicated_args, *sharded_args)`: the first
+    `replicated_args` arguments and every output replicated, the next `sharded_args` split on
+    their batch axis."""
     in_shardings = (replicated(mesh),) * replicated_args + (sharded(mesh),) * sharded_args
-    return jax.jit(fn, in_shardings=in_shardings, out_shardings=replicated(mesh),
-                   donate_argnums=(0,) if donate_first else ())
+    return jit(fn, in_shardings=in_shardings, out_shardings=replicated(mesh),
+               donate_argnums=(0,) if donate_first else ())
 
 
 def reduce_over_shards(fn, mesh: Mesh, reduce=lax.pmean):

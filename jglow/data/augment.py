@@ -3,6 +3,8 @@
 import jax
 import jax.numpy as jnp
 
+from jglow.compilation import jit
+
 
 def _augment_one(key, x):
     """One map `(H, W, C)`: a random cyclic shift, then a random element of the symmetry
@@ -33,7 +35,7 @@ def augment(key, x):
     return _augment_batch(key, x)
 
 
-@jax.jit
+@jit
 def _augment_batch(key, x):
     """`augment` after its shape check."""
     return jax.vmap(_augment_one)(jax.random.split(key, x.shape[0]), x)

@@ -25,13 +25,13 @@ input) nothing is checked: such pixels give NaN (negative) or −inf/inf (zero, 
 """
 
 import dataclasses
-import functools
 import math
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
+from jglow.compilation import jit
 from jglow.data.prior import PRIOR_BOX
 from jglow.data.validation import check_positive_chunk, check_positive_maps, map_chunks
 
@@ -136,7 +136,7 @@ def _standardised(prep, maps):
     return jnp.log10(maps / np.float32(10.0**prep.center)) / prep.scale
 
 
-@functools.partial(jax.jit, static_argnums=0)
+@jit(static_argnums=0)
 def _forward_maps(prep, maps):
     """`Preprocessing.forward_maps` after its checks."""
     u = _standardised(prep, maps)
@@ -144,7 +144,7 @@ def _forward_maps(prep, maps):
     return x[..., None]
 
 
-@functools.partial(jax.jit, static_argnums=0)
+@jit(static_argnums=0)
 def _inverse_maps(prep, x):
     """`Preprocessing.inverse_maps` after its check."""
     x = x[..., 0]
@@ -152,7 +152,7 @@ def _inverse_maps(prep, x):
     return np.float32(10.0**prep.center) * jnp.power(10.0, prep.scale * u)
 
 
-@functools.partial(jax.jit, static_argnums=0)
+@jit(static_argnums=0)
 def _forward_log_det(prep, maps):
     """`Preprocessing.forward_log_det` after its checks."""
     log_dx = -jnp.log(maps) - math.log(prep.scale * _LN10)

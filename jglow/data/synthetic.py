@@ -32,13 +32,13 @@ Parameters of `synthetic_maps` are drawn on a Latin hypercube over `PRIOR_BOX`, 
 per simulation, shared by its `maps_per_sim` maps.
 """
 
-import functools
 import math
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
+from jglow.compilation import jit
 from jglow.data.mapset import MapSet
 from jglow.data.prior import PRIOR_BOX, latin_hypercube
 
@@ -88,7 +88,7 @@ def _log_amplitude(params):
     return 2.0 * jnp.log(AMPLITUDE * params[..., 1] * REFERENCE_BOX) - log_norm
 
 
-@jax.jit
+@jit
 def synthetic_spectrum(k, params):
     """The generator's power spectrum `P(k; Ωm, σ8)` of `log10(map)` in (Mpc/h)².
 
@@ -141,7 +141,7 @@ def _check_params(params, n_maps):
         raise ValueError(f"params must have shape (2,) or ({n_maps}, 2) (Ωm, σ8), got {shape}")
 
 
-@jax.jit
+@jit
 def _log_prob(maps, params, box_size):
     """`synthetic_log_prob` after its shape checks: maps `(N, n, n)`, params `(2,)` or `(N, 2)`."""
     size = maps.shape[-1]
@@ -175,7 +175,7 @@ def synthetic_log_prob(maps, params, box_size=25.0):
     return _log_prob(maps, params, box_size)
 
 
-@jax.jit
+@jit
 def _coloured_maps(noise, params, box_size):
     """`10^(μ + IDFT[sqrt(λ_k) DFT(noise)])`: `(S, M, n, n)` for noise `(S, M, n, n)` and
     params `(S, 2)` (one parameter point per leading index, shared by its `M` maps)."""

@@ -17,7 +17,6 @@ through JAX. The target is the posterior under the uniform prior on the box, tim
 """
 
 import dataclasses
-from functools import partial
 from typing import Any, NamedTuple
 
 import flax.struct
@@ -27,6 +26,7 @@ import numpy as np
 import optax
 from jax import lax
 
+from jglow.compilation import jit
 from jglow.data import PRIOR_BOX
 from jglow.posterior import checks
 from jglow.posterior.likelihood import as_pytree
@@ -99,7 +99,7 @@ class PointEstimate:
     log_posterior: float
 
 
-@partial(jax.jit, static_argnames="steps")
+@jit(static_argnames="steps")
 def _projected_adam(target: LogPosterior, u0, steps: int, learning_rate):
     """`steps` Adam updates of every row of `u0` `(S, D)`, clipped onto the box after each."""
     optimiser = optax.adam(optax.exponential_decay(learning_rate, steps, 0.01))
@@ -191,7 +191,7 @@ def _schedule(n_warmup: int, n_samples: int):
     return gains, (t >= first // 2) & (t < first), t == first
 
 
-@partial(jax.jit, static_argnames=("n_warmup", "n_samples"))
+@jit(static_argnames=("n_warmup", "n_samples"))
 def _mala(target: LogPosterior, key, u0, n_warmup: int, n_samples: int, initial_scale):
     """Warm-up in two windows, then `n_samples` draws, all in one scan: positions
     `(n_samples, C, D)` and the mean acceptance probability per chain `(C,)`."""

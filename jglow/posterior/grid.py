@@ -11,7 +11,6 @@ fields, the conditions' part of every coupling conv, prior means and log-varianc
 and shared by all `B` maps of the batch.
 """
 
-from functools import partial
 
 import jax
 import jax.numpy as jnp
@@ -20,6 +19,7 @@ from jax import lax
 
 from jglow import checks as model_checks
 from jglow import model
+from jglow.compilation import jit
 from jglow.posterior import checks
 
 EVALUATIONS_PER_CHUNK = 64
@@ -51,7 +51,7 @@ def map_in_chunks(fn, xs, chunk_size: int):
     return out.reshape(n_chunks * chunk_size, *out.shape[2:])[:m]
 
 
-@partial(jax.jit, static_argnames="chunk_size")
+@jit(static_argnames="chunk_size")
 def grid_log_prob_unchecked(params, x, zs, chunk_size: int):
     """`grid_log_prob` without validation, traceable: `x (B, H, W, C)`, `zs (M, D)` → `(B, M)`."""
     def at_condition(z):

@@ -9,13 +9,13 @@ constants. The grid posterior, the gradient methods and the calibration take any
 so the same code runs on a trained model and on the exact synthetic likelihood.
 """
 
-from functools import partial
 
 import flax.struct
 import jax
 import jax.numpy as jnp
 
 from jglow import checks as model_checks
+from jglow.compilation import jit
 from jglow.data import synthetic_log_prob
 from jglow.data.preprocessing import Preprocessing
 from jglow.model import GlowParams
@@ -67,7 +67,7 @@ class SyntheticLikelihood:
         return _synthetic_table(maps, thetas, self.box_size, min(self.chunk_size, thetas.shape[0]))
 
 
-@partial(jax.jit, static_argnames=("box_size", "chunk_size"))
+@jit(static_argnames=("box_size", "chunk_size"))
 def _synthetic_table(maps, thetas, box_size, chunk_size):
     """`synthetic_log_prob` of `maps` `(B, n, n)` at each row of `thetas` `(M, 2)` → `(B, M)`."""
     at_theta = lambda theta: synthetic_log_prob(maps, theta, box_size)  # noqa: E731

@@ -1,0 +1,81 @@
+"""`jglow.compilation.jit`: XLA options at the top level, plain `jax.jit` under transformations."""
+
+import socket
+import subprocess
+import sys
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import jglow
+from jglow import compilation
+from helpers import tiny_config, toy_batch
+
+UNKNOWN_OPTIONS = {"xla_cpu_no_such_option": True}
+
+
+def _polynomial(x):
+    return jnp.sum(x**3 - 2.0 * x)
+
+
+def test_this_jaxlib_accepts_the_preferred_options_and_not_unknown_ones():
+    assert compilation.accepts(compilation.PREFERRED_OPTIONS)
+    assert compilation.compiler_options() == compilation.PREFERRED_OPTIONS
+    assert not compilation.accepts(UNKNOWN_OPTIONS)
+
+
+def test_top_level_calls_compile_with_the_options_and_traced_calls_without(monkeypatch):
+    # Options XLA rejects make every program compiled with them fail, which shows where they go.
+    monkeypatch.setattr(compilation, "compiler_options", lambda: UNKNOWN_OPTIONS)
+    fn = compilation.jit(_polynomial)
+    x = jnp.array([0.5, -1.0, 2.0])
+    with pytest.raises(jax.errors.JaxRuntimeError, match="No such compile option"):
+        fn(x)
+    with pytest.raises(jax.errors.JaxRuntimeError, match="No such compile option"):
+        fn.lower(x).compile()
+    expected_grad = 3.0 * x**2 - 2.0
+    np.testing.assert_allclose(jax.jit(fn)(x), _polynomial(x), rtol=1e-6)
+    np.testing.assert_allclose(jax.jit(lambda: fn(np.array([0.5, -1.0, 2.0])))(), _polynomial(x),
+                               rtol=1e-6)  # constants only, inside a jit
+    np.testing.assert_allclose(jax.grad(fn)(x), expected_grad, rtol=1e-6)
+    np.testing.assert_allclose(jax.vmap(fn)(x[:, None]), x**3 - 2.0 * x, rtol=1e-6)
+
+
+def test_static_arguments_and_the_wrapped_function_pass_through():
+    @compilation.jit(static_argnames="power")
+    def power_sum(x, power):
+        return jnp.sum(x**power)
+
+    x = jnp.array([1.0, 2.0, 3.0])
+    assert float(power_sum(x, power=2)) == 14.0
+    assert float(power_sum(x, power=3)) == 36.0
+    assert power_sum.__wrapped__(x, 2) == 14.0
+    assert power_sum.__name__ == "power_sum"
+
+
+def test_log_prob_with_jglow_options_equals_plain_jit():
+    config = tiny_config()
+    x, z = toy_batch(config, 4)
+    params = jglow.init(jax.random.PRNGKey(0), config, x, z)
+    noise = np.random.default_rng(0)
+    params = jax.tree_util.tree_map(  # every net off zero, so every layer shows in the value
+        lambda leaf, trainable: leaf + 0.05 * noise.standard_normal(leaf.shape) if trainable else leaf,
+        params, jglow.trainable_mask(params))
+    with_options = jglow.log_prob(params, x, z)
+    plain = jax.jit(jglow.model._log_prob.__wrapped__)(params, x, z)
+    np.testing.assert_allclose(with_options, plain, rtol=1e-6, atol=1e-4)
+
+
+def test_importing_jglow_does_not_start_jax_so_distributed_can_still_initialize():
+    with socket.socket() as free:
+        free.bind(("localhost", 0))
+        port = free.getsockname()[1]
+    code = ("import jax, jglow, jglow.posterior, train.main\n"
+            f"jax.distributed.initialize('localhost:{port}', num_processes=1, process_id=0)\n"
+            "print(jax.process_count(), float(jglow.compilation.jit(lambda x: x + 1)(1.0)))\n")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          timeout=120)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.split() == ["1", "2.0"]
