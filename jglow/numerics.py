@@ -52,8 +52,3 @@ def split_keys(key, count: int) -> np.ndarray:
     seeds = numpy_generator(key).integers(0, 2**32, size=(count, 2), dtype=np.uint32)
     return seeds
 
-
-def tree_all_finite(tree):
-    """True (a scalar bool array) when every leaf of `tree` is finite."""
-    leaves = [jnp.all(jnp.isfinite(leaf)) for leaf in jax.tree_util.tree_leaves(tree)]
-    return jnp.all(jnp.stack(leaves)) if leaves else jnp.array(True)

@@ -25,7 +25,7 @@ from train import checkpoints, parallel
 from train.config import TrainConfig, build_parser, config_from_args
 from train.data import prepare
 from train.main import RunResult, TrainingStopped, compiled_functions, initial_state, main, run
-from train.state import end_epoch, init_state, learning_rate, record_validation
+from train.state import end_epoch, init_state, learning_rate, loss_fn, record_validation
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 FLAGS = ["--map-size", "16", "--levels", "2", "--steps", "2", "--hidden", "8", "--n-sims", "20",
@@ -345,6 +345,40 @@ def test_learning_rate_plateau_and_early_stopping_counters():
     state, improved = record_validation(state, jnp.float32(4.0))
     assert bool(improved) and int(state.bad_epochs) == 31  # outside the schedule: best only
     assert float(learning_rate(config, 0, 1.0)) == pytest.approx(1e-3 / 5)  # warm-up step 1 of 5
+
+
+def test_steps_are_clipped_adam_on_the_trainable_leaves():
+    """Three steps of the trainer equal clipping by the global norm and Adam written out by
+    hand, leaf by leaf (the trainer ravels the leaves into one vector)."""
+    import dataclasses
+    config = dataclasses.replace(tiny("--no-augment"), clip_norm=0.05)  # small: clipping acts
+    mesh = parallel.make_mesh(jax.devices()[:1])
+    state = initial_state(config, tiny_data(), mesh)
+    x, z = tiny_data().train.x[:16], tiny_data().train.z[:16]
+    step = compiled_functions(config, mesh)["step"]
+    loss_and_grad = jax.jit(jax.value_and_grad(loss_fn))
+    trainable = jax.tree_util.tree_leaves(jglow.trainable_mask(state.params))
+    params = [np.asarray(p, np.float64) for p in jax.tree_util.tree_leaves(state.params)]
+    moments = [np.zeros_like(p) for p in params], [np.zeros_like(p) for p in params]
+    norms = []
+    for t in range(1, 4):
+        _, grads = loss_and_grad(jax.tree_util.tree_unflatten(
+            jax.tree_util.tree_structure(state.params), [np.float32(p) for p in params]), x, z)
+        grads = [np.asarray(g, np.float64) for g in jax.tree_util.tree_leaves(grads)]
+        norms.append(np.sqrt(sum(np.sum(g**2) for g, on in zip(grads, trainable) if on)))
+        clip = min(1.0, config.clip_norm / norms[-1])
+        rate = float(learning_rate(config, t - 1, 1.0))
+        for i, (g, on) in enumerate(zip(grads, trainable)):
+            if on:
+                moments[0][i] = 0.9 * moments[0][i] + 0.1 * clip * g
+                moments[1][i] = 0.999 * moments[1][i] + 0.001 * (clip * g) ** 2
+                m_hat, v_hat = moments[0][i] / (1 - 0.9**t), moments[1][i] / (1 - 0.999**t)
+                params[i] = params[i] - rate * m_hat / (np.sqrt(v_hat) + 1e-8)
+        state, metrics = step(state, x, z)
+        assert float(metrics["grad_norm"]) == pytest.approx(norms[-1], rel=1e-4)
+    assert min(norms) > 2 * config.clip_norm  # every step was clipped
+    for ours, by_hand in zip(jax.tree_util.tree_leaves(state.params), params):
+        np.testing.assert_allclose(ours, by_hand, rtol=0, atol=2e-6)
 
 
 def test_run_record_round_trips_to_the_same_config():
