@@ -1,9 +1,10 @@
 """Hand memory that the allocator keeps after XLA compilation back to the operating system.
 
-Compiling the paper model's training step takes about 1.4 GB of host memory, which glibc's
-malloc keeps mapped after the compiler frees it: the process then holds ~2 GB while training
-needs ~1.3 GB (benchmarks/bench_train.py). `release_freed_memory` asks glibc to return the
-free pages (`malloc_trim(0)`); elsewhere it does nothing.
+Compiling the paper model's training step takes about 0.2 GB of host memory (1.4 GB with
+XLA:CPU's default fusion emitters, see `jglow.compilation`), which glibc's malloc keeps mapped
+after the compiler frees it: the process holds 0.84 GB after compiling and 0.73 GB once it is
+released (benchmarks/bench_train.py). `release_freed_memory` asks glibc to return the free
+pages (`malloc_trim(0)`); elsewhere it does nothing.
 """
 
 import ctypes
