@@ -1,6 +1,7 @@
 """Training throughput and memory of the trainer's step on this machine (issue 4).
 
     python benchmarks/bench_train.py [--reference PATH] [--preset paper] [--batch 64] [--steps 3]
+                                     [--rounds 1]
 
 Each measurement runs in its own process, so peak memory and forced device counts are its own:
 
@@ -14,13 +15,17 @@ Each measurement runs in its own process, so peak memory and forced device count
   devices forced by `XLA_FLAGS=--xla_force_host_platform_device_count=N` (batch sharded);
 * `reference` (with `--reference`, a checkout of friedmanroy/HI-generation): the PyTorch
   reference's training step (`benchmarks/reference.py: time_train_step`) with its best malloc
-  setting, its peak RSS, and the ratios. Only ratios measured in one run are comparable.
+  setting, its peak RSS, and the ratios. Only ratios measured in one run are comparable;
+* `preset_rounds` (with `--rounds N > 1`): the preset's step and the reference's measured N
+  times, alternating, each in a fresh process: the ratio of each round and their median, since
+  this machine's speed drifts by tens of percent within minutes.
 """
 
 import argparse
 import json
 import os
 import resource
+import statistics
 import subprocess
 import sys
 
@@ -117,6 +122,19 @@ def _in_child(task, env=None):
     return json.loads(done.stdout.strip().splitlines()[-1])
 
 
+def _alternating_rounds(rounds, jglow_task, reference_task, reference_env, first):
+    """Throughput and peak-RSS ratios (jglow / reference) of `rounds` pairs of fresh processes,
+    the two sides alternating so that both see the machine's drift; `first` is the pair
+    already measured. Returns the ratios per round and their medians."""
+    pairs = [first] + [(_in_child(jglow_task), _in_child(reference_task, reference_env))
+                       for _ in range(rounds - 1)]
+    throughput = [ours["maps_per_s"] / theirs["maps_per_s"] for ours, theirs in pairs]
+    memory = [ours["peak_rss_process_mb"] / theirs["peak_rss_process_mb"] for ours, theirs in pairs]
+    return {"throughput_ratios": throughput, "peak_rss_ratios": memory,
+            "median_throughput_ratio": statistics.median(throughput),
+            "median_peak_rss_ratio": statistics.median(memory)}
+
+
 def _run_child(task):
     if task["kind"] == "jglow":
         result = measure_jglow(task["preset"], task["batch"], task["steps"], task["remat"])
@@ -131,6 +149,9 @@ def main():
     parser.add_argument("--preset", default="paper", choices=("paper", "quick"))
     parser.add_argument("--batch", type=int, default=64)
     parser.add_argument("--steps", type=int, default=3, help="timed steps after compilation")
+    parser.add_argument("--rounds", type=int, default=1,
+                        help="with --reference: measure the preset's step and the reference's "
+                             "this many times, alternating, and report the median ratio")
     parser.add_argument("--child", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
@@ -151,9 +172,9 @@ def main():
         sys.path.insert(0, HERE)
         import reference  # only for MALLOC_ENV: torch is imported in the child
 
-        result["reference"] = _in_child({"kind": "reference", "path": args.reference,
-                                         "batch": args.batch, "steps": args.steps},
-                                        reference.MALLOC_ENV)
+        reference_task = {"kind": "reference", "path": args.reference, "batch": args.batch,
+                          "steps": args.steps}
+        result["reference"] = _in_child(reference_task, reference.MALLOC_ENV)
         for name in ("jglow", "jglow_remat"):
             if "maps_per_s" in result[name] and "maps_per_s" in result["reference"]:
                 ours, theirs = result[name], result["reference"]
@@ -161,6 +182,10 @@ def main():
                     "throughput_ratio": ours["maps_per_s"] / theirs["maps_per_s"],
                     "peak_rss_ratio": ours["peak_rss_process_mb"] / theirs["peak_rss_process_mb"],
                     "steps_peak_rss_ratio": ours["peak_rss_steps_mb"] / theirs["peak_rss_process_mb"]}
+        if args.rounds > 1:
+            result["preset_rounds"] = _alternating_rounds(
+                args.rounds, preset_task, reference_task, reference.MALLOC_ENV,
+                first=(result["devices"][1], result["reference"]))
     result["loadavg_end"] = os.getloadavg()
     common.print_json(result)
 

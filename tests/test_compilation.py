@@ -60,9 +60,10 @@ def test_log_prob_with_jglow_options_equals_plain_jit():
     x, z = toy_batch(config, 4)
     params = jglow.init(jax.random.PRNGKey(0), config, x, z)
     noise = np.random.default_rng(0)
-    params = jax.tree_util.tree_map(  # every net off zero, so every layer shows in the value
-        lambda leaf, trainable: leaf + 0.05 * noise.standard_normal(leaf.shape) if trainable else leaf,
-        params, jglow.trainable_mask(params))
+    def off_zero(leaf, trainable):  # every net off zero, so every layer shows in the value
+        return leaf + 0.05 * noise.standard_normal(leaf.shape) if trainable else leaf
+
+    params = jax.tree_util.tree_map(off_zero, params, jglow.trainable_mask(params))
     with_options = jglow.log_prob(params, x, z)
     plain = jax.jit(jglow.model._log_prob.__wrapped__)(params, x, z)
     np.testing.assert_allclose(with_options, plain, rtol=1e-6, atol=1e-4)
