@@ -125,14 +125,17 @@ def _in_child(task, env=None):
 def _alternating_rounds(rounds, jglow_task, reference_task, reference_env, first):
     """Throughput and peak-RSS ratios (jglow / reference) of `rounds` pairs of fresh processes,
     the two sides alternating so that both see the machine's drift; `first` is the pair
-    already measured. Returns the ratios per round and their medians."""
+    already measured. Returns the ratios per round, their medians and any failed round."""
     pairs = [first] + [(_in_child(jglow_task), _in_child(reference_task, reference_env))
                        for _ in range(rounds - 1)]
-    throughput = [ours["maps_per_s"] / theirs["maps_per_s"] for ours, theirs in pairs]
-    memory = [ours["peak_rss_process_mb"] / theirs["peak_rss_process_mb"] for ours, theirs in pairs]
+    measured = [(ours, theirs) for ours, theirs in pairs if "error" not in ours | theirs]
+    throughput = [ours["maps_per_s"] / theirs["maps_per_s"] for ours, theirs in measured]
+    memory = [ours["peak_rss_process_mb"] / theirs["peak_rss_process_mb"]
+              for ours, theirs in measured]
     return {"throughput_ratios": throughput, "peak_rss_ratios": memory,
-            "median_throughput_ratio": statistics.median(throughput),
-            "median_peak_rss_ratio": statistics.median(memory)}
+            "median_throughput_ratio": statistics.median(throughput) if measured else None,
+            "median_peak_rss_ratio": statistics.median(memory) if measured else None,
+            "failed_rounds": [pair for pair in pairs if "error" in pair[0] | pair[1]]}
 
 
 def _run_child(task):
