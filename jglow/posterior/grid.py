@@ -11,7 +11,6 @@ fields, the conditions' part of every coupling conv, prior means and log-varianc
 and shared by all `B` maps of the batch.
 """
 
-
 import jax
 import jax.numpy as jnp
 import numpy as np

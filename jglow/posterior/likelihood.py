@@ -9,7 +9,6 @@ constants. The grid posterior, the gradient methods and the calibration take any
 so the same code runs on a trained model and on the exact synthetic likelihood.
 """
 
-
 import flax.struct
 import jax
 import jax.numpy as jnp
