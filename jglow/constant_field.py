@@ -8,9 +8,11 @@ small `(2n+1) × (2n+1)` field holds every distinct value, and indexing expands 
 exactly. For the affine injector (two 3×3 convs) that is a 5×5 field instead of up to 32×32.
 
 A convolution of an expanded field need not expand it: `conv_of_small_field` maps the small
-field of depth `n` straight to the small field of depth `n + 1` with one matmul whose matrix is
-built from the kernel. The injector's hidden layers (one conv deep) live on a 3×3 field and its
-ZeroConv output on the 5×5 field.
+field of depth `n` straight to the small field of depth `n + 1` (rows gathered by static slices,
+then one matmul applying the kernel along the columns). The conditions themselves are the field
+of depth 0, `(N, 1, 1, D)`; the injector's hidden layers (one conv deep) live on a 3×3 field and
+its ZeroConv output on the 5×5 field, and the conditions' part of a coupling's first conv on a
+3×3 field.
 """
 
 import functools
@@ -67,53 +69,43 @@ def conv_of_small_field(small, kernel, height: int, width: int, depth: int, pad_
 
     `small (N, h, w, Cin)` is the field of depth `depth` of an `(height, width)` map; the result
     `(N, h', w', Cout)` is the field of depth `depth + kh // 2` (`depth + 1` for a 3×3
-    kernel). Computed as one matmul `(N, Cin·h·w) @ (Cin·h·w, h'·w'·Cout)` plus the padding's
-    constant contribution; the matrix's block for input pixel `q` and output pixel `p` is the
-    sum of the kernel's taps through which `p` reads `q`, built in the layout the matmul reads.
+    kernel). Rows and columns are separable: the field, with one row and one column of
+    `pad_value` in front standing for the padding, has the `kh` rows each output row reads
+    gathered by static slices, and one matmul `(N·h', kh·(w+1)·Cin) @ (kh·(w+1)·Cin, w'·Cout)`
+    applies the kernel along the columns (`_column_matrix`), so no matrix larger than the
+    kernel times the small field's width is built.
     """
     kh, kw, channels_in, channels_out = kernel.shape
-    taps = kernel.reshape(kh * kw, channels_in, channels_out)
-    taps_of_pair, padding_taps = _tap_structure(height, width, depth, kh, kw)
-    matrix = jnp.einsum("gt,tio->igo", taps_of_pair, taps)              # (Cin, Q·P', Cout)
-    offset = pad_value * (padding_taps @ jnp.sum(taps, axis=1))           # (P', Cout)
-    n = small.shape[0]
-    pixels_in, pixels_out = small.shape[1] * small.shape[2], padding_taps.shape[0]
-    channel_major = jnp.swapaxes(small.reshape(n, pixels_in, channels_in), 1, 2)
-    out = (channel_major.reshape(n, -1) @ matrix.reshape(channels_in * pixels_in, -1)
-           + offset.reshape(-1))
-    out_rows = small_side(height, depth + kh // 2)
-    return out.reshape(n, out_rows, pixels_out // out_rows, channels_out)
+    rows_read = _positions_read(height, depth, kh)                         # (h', kh)
+    cols_read = _positions_read(width, depth, kw)                          # (w', kw)
+    n, _, small_width, _ = small.shape
+    padded = jnp.pad(small, ((0, 0), (1, 0), (1, 0), (0, 0)), constant_values=pad_value)
+    rows = jnp.concatenate([padded[:, r:r + 1] for r in rows_read.reshape(-1)], axis=1)
+    matrix = _column_matrix(kernel, cols_read, small_width + 1)
+    out = rows.reshape(n * rows_read.shape[0], -1) @ matrix
+    return out.reshape(n, rows_read.shape[0], cols_read.shape[0], channels_out)
+
+
+def _column_matrix(kernel, cols_read, padded_width: int):
+    """`(kh·(w+1)·Cin, w'·Cout)`: entry `[(i, q, c), (p, o)] = Σ_j kernel[i, j, c, o]` over the
+    taps `j` through which output column `p` reads column `q` of the padded small field."""
+    kh, kw, channels_in, _ = kernel.shape
+    reads = (cols_read[None] == np.arange(padded_width)[:, None, None]).astype(np.float32)  # (q, p, j)
+    matrix = sum(reads[None, :, None, :, None, j] * kernel[:, j, None, :, None, :] for j in range(kw))
+    return matrix.reshape(kh * padded_width * channels_in, -1)
 
 
 @functools.lru_cache(maxsize=None)
-def _tap_structure(height: int, width: int, depth: int, kh: int, kw: int):
-    """Which kernel taps connect the small fields, for `conv_of_small_field`.
-
-    Returns `(taps_of_pair, padding_taps)`, float32 0/1: `taps_of_pair (Q·P', kh·kw)` is 1 at
-    `[q·P' + p, t]` where output pixel `p` of the deeper field (`P'` pixels) reads input pixel
-    `q` of the depth-`depth` field (flattened) through tap `t = i·kw + j`; `padding_taps
-    (P', kh·kw)` is 1 where a tap of `p` falls in the padding.
-
-    (Summing the taps with slices and adds instead of this matmul made the conditioning of 64
-    maps faster, 30–38 against 46–53 ms, but compiling the paper model's `log_prob` 3–4 s
-    slower and a tiny model's twice as slow.)
-    """
-    out_depth = depth + kh // 2
-    rows_out = _representative_positions(height, out_depth)
-    cols_out = _representative_positions(width, out_depth)
-    rows_in, cols_in = expansion_index(height, depth), expansion_index(width, depth)
-    in_width = small_side(width, depth)
-    pixels_in, pixels_out = small_side(height, depth) * in_width, rows_out.size * cols_out.size
-    taps_of_pair = np.zeros((pixels_in * pixels_out, kh * kw), np.float32)
-    padding_taps = np.zeros((pixels_out, kh * kw), np.float32)
-    for p, (row, col) in enumerate((r, c) for r in rows_out for c in cols_out):
-        for i in range(kh):
-            for j in range(kw):
-                a, b = row + i - kh // 2, col + j - kw // 2
-                if 0 <= a < height and 0 <= b < width:
-                    q = rows_in[a] * in_width + cols_in[b]
-                    taps_of_pair[q * pixels_out + p, i * kw + j] = 1.0
-                else:
-                    padding_taps[p, i * kw + j] = 1.0
-    taps_of_pair.flags.writeable = padding_taps.flags.writeable = False  # cached: shared
-    return taps_of_pair, padding_taps
+def _positions_read(side: int, depth: int, taps: int) -> np.ndarray:
+    """`(small side at depth + taps // 2, taps)` int: along one axis, the position of the small
+    field of depth `depth`, shifted by one for a leading padding entry (0), that tap `t` of each
+    output position of the deeper field reads."""
+    positions_out = _representative_positions(side, depth + taps // 2)
+    index_in = expansion_index(side, depth)
+    read = np.zeros((positions_out.size, taps), np.int64)
+    for p, position in enumerate(positions_out):
+        for t in range(taps):
+            source = position + t - taps // 2
+            read[p, t] = index_in[source] + 1 if 0 <= source < side else 0
+    read.flags.writeable = False  # cached: shared
+    return read

@@ -61,37 +61,47 @@ def _param_shapes(module: nn.Module, inputs, method):
                           *inputs)["params"]
 
 
+def _conv(x, kernel, pad_value=0.0, small_field_of=None):
+    """`conv2d(x, kernel, pad_value)`; with `small_field_of = (H, W, depth)`, `x` is the small
+    field of that depth of an `H × W` map and the result the field one conv deeper
+    (`jglow.constant_field.conv_of_small_field`)."""
+    if small_field_of is None:
+        return conv2d(x, kernel, pad_value=pad_value)
+    height, width, depth = small_field_of
+    return conv_of_small_field(x, kernel, height, width, depth, pad_value)
+
+
 class Conv(nn.Module):
-    """Convolution with a square `size × size` kernel, zero 'same' padding, `(N,H,W,Cin) -> (N,H,W,features)`."""
+    """Convolution with a square `size × size` kernel, zero 'same' padding, `(N,H,W,Cin) -> (N,H,W,features)`.
+
+    With `small_field_of = (H, W, depth)`, `x` is a small field of an `H × W` map and so is the
+    output, one conv deeper (`jglow.constant_field`).
+    """
 
     features: int
     size: int = 3
 
     @nn.compact
-    def __call__(self, x):
+    def __call__(self, x, small_field_of=None):
         kernel = _param(self, "kernel", (self.size, self.size, x.shape[-1], self.features))
-        return conv2d(x, kernel) + _param(self, "bias", (self.features,))
+        return _conv(x, kernel, 0.0, small_field_of) + _param(self, "bias", (self.features,))
 
 
 class ZeroConv(nn.Module):
     """3×3 conv on the input padded with ones, zero-initialised, output scaled by `exp(3·g)`.
 
-    With `map_shape = (H, W)`, `x` is the depth-1 small field of an `H × W` map
-    (`jglow.constant_field`) and the output is its depth-2 small field.
+    With `small_field_of = (H, W, depth)`, `x` is a small field of an `H × W` map
+    (`jglow.constant_field`) and the output the field one conv deeper.
     """
 
     features: int
 
     @nn.compact
-    def __call__(self, x, map_shape=None):
+    def __call__(self, x, small_field_of=None):
         kernel = _param(self, "zero_kernel", (3, 3, x.shape[-1], self.features))
         bias = _param(self, "zero_bias", (self.features,))
         log_gain = _param(self, "log_gain", (self.features,))
-        if map_shape is None:
-            out = conv2d(x, kernel, pad_value=1.0)
-        else:
-            out = conv_of_small_field(x, kernel, *map_shape, depth=1, pad_value=1.0)
-        return (out + bias) * jnp.exp(3.0 * log_gain)
+        return (_conv(x, kernel, 1.0, small_field_of) + bias) * jnp.exp(3.0 * log_gain)
 
 
 class Dense(nn.Module):
@@ -111,9 +121,9 @@ class InjectorNet(nn.Module):
     """Affine-injector CNN: 3×3 conv, ReLU, 1×1 conv, ReLU, ZeroConv → `2·channels` outputs.
 
     Input: the conditions as a constant field `(N, h, w, D)`; output `(N, h, w, 2·channels)`.
-    With `map_shape = (H, W)` the input is the depth-1 small field of an `H × W` map (at most
-    3×3) and the output its depth-2 small field (at most 5×5), see `jglow.constant_field`: the
-    hidden layers, one 3×3 conv deep, take only 3×3 distinct values.
+    With `map_shape = (H, W)` the input is the depth-0 small field `(N, 1, 1, D)` of an `H × W`
+    map, the hidden layers live on its depth-1 field (at most 3×3) and the output on its
+    depth-2 field (at most 5×5), see `jglow.constant_field`.
     """
 
     hidden: int
@@ -121,9 +131,10 @@ class InjectorNet(nn.Module):
 
     @nn.compact
     def __call__(self, cond_field, map_shape=None):
-        h = nn.relu(Conv(self.hidden, 3)(cond_field))
-        h = nn.relu(Conv(self.hidden, 1)(h))
-        return ZeroConv(2 * self.channels)(h, map_shape)
+        first, last = (None, None) if map_shape is None else ((*map_shape, 0), (*map_shape, 1))
+        h = nn.relu(Conv(self.hidden, 3)(cond_field, first))
+        h = nn.relu(Conv(self.hidden, 1)(h))  # pointwise: the same on any field
+        return ZeroConv(2 * self.channels)(h, last)
 
 
 class CouplingNet(nn.Module):
@@ -145,9 +156,14 @@ class CouplingNet(nn.Module):
         self.middle = Conv(self.hidden, 1)
         self.out = ZeroConv(self.channels)
 
-    def condition_term(self, cond_field):
-        """`(N, h, w, D)` constant field → `(N, h, w, hidden)`: the conditions' part of conv 1, with bias."""
-        return conv2d(cond_field, self.kernel_cond) + self.bias
+    def condition_term(self, cond_field, map_shape=None):
+        """`(N, h, w, D)` constant field → `(N, h, w, hidden)`: the conditions' part of conv 1, with bias.
+
+        With `map_shape = (H, W)`, `cond_field` is the depth-0 small field `(N, 1, 1, D)` of an
+        `H × W` map and the result its depth-1 field (at most 3×3).
+        """
+        small_field_of = None if map_shape is None else (*map_shape, 0)
+        return _conv(cond_field, self.kernel_cond, 0.0, small_field_of) + self.bias
 
     def __call__(self, xa, cond_term):
         """`xa (N, H, W, c/2)`, `cond_term (N or 1, H, W, hidden)` → `(N, H, W, c)`."""

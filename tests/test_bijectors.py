@@ -157,15 +157,18 @@ def test_small_field_expansion_equals_the_full_constant_field(side):
 
 @pytest.mark.parametrize("height, width", [(1, 1), (1, 4), (2, 2), (3, 7), (4, 4), (16, 5)])
 @pytest.mark.parametrize("pad_value", [0.0, 1.0])
-def test_conv_of_small_field_equals_the_conv_of_the_expanded_field(height, width, pad_value):
-    """`conv_of_small_field` on a depth-1 field == conv2d of the expanded map, on the depth-2 field."""
-    small_shape = (3, constant_field.small_side(height, 1), constant_field.small_side(width, 1), 5)
+@pytest.mark.parametrize("depth", [0, 1])
+def test_conv_of_small_field_equals_the_conv_of_the_expanded_field(height, width, pad_value, depth):
+    """`conv_of_small_field` on a depth-n field == conv2d of the expanded map, on the depth-n+1 field."""
+    small_shape = (3, constant_field.small_side(height, depth), constant_field.small_side(width, depth), 5)
     small = jax.random.normal(jax.random.PRNGKey(4), small_shape)
     kernel = jax.random.normal(jax.random.PRNGKey(5), (3, 3, 5, 6))
-    direct = conv2d(constant_field.expand(small, height, width, 1), kernel, pad_value=pad_value)
-    deeper = constant_field.conv_of_small_field(small, kernel, height, width, 1, pad_value)
-    assert deeper.shape == (3, constant_field.small_side(height, 2), constant_field.small_side(width, 2), 6)
-    np.testing.assert_allclose(constant_field.expand(deeper, height, width, 2), direct, atol=1e-5, rtol=1e-5)
+    direct = conv2d(constant_field.expand(small, height, width, depth), kernel, pad_value=pad_value)
+    deeper = constant_field.conv_of_small_field(small, kernel, height, width, depth, pad_value)
+    assert deeper.shape == (3, constant_field.small_side(height, depth + 1),
+                            constant_field.small_side(width, depth + 1), 6)
+    np.testing.assert_allclose(constant_field.expand(deeper, height, width, depth + 1), direct,
+                               atol=1e-5, rtol=1e-5)
 
 
 @pytest.mark.parametrize("height, width", [(1, 1), (2, 2), (3, 7), (16, 5)])

@@ -40,8 +40,8 @@ class ConditionalCoupling:
 
     def condition(self, params, z, height, width):
         """`z (N, D)` → the conditions' part of the first conv, `(N, h, w, hidden)` with h, w ≤ 3."""
-        field = constant_field.constant_field(z, height, width, _CONV_DEPTH)
-        return self.net.apply({"params": params}, field, method=CouplingNet.condition_term)
+        field = constant_field.constant_field(z, height, width, depth=0)
+        return self.net.apply({"params": params}, field, (height, width), method=CouplingNet.condition_term)
 
     def _scale_shift(self, params, xa, cond):
         _, h, w, _ = xa.shape

@@ -35,7 +35,7 @@ class AffineInjector:
 
     def condition(self, params, z, height, width):
         """`z (N, D)` → `(shift, log_scale)`, each `(N, h, w, C)` on the small field (h, w ≤ 5)."""
-        field = constant_field.constant_field(z, height, width, depth=1)
+        field = constant_field.constant_field(z, height, width, depth=0)
         out = self.net.apply({"params": params}, field, (height, width))
         shift, log_scale = out[..., : self.channels], out[..., self.channels:]
         return shift, straight_through_clip(log_scale, *LOG_SCALE_RANGE)
