@@ -1,13 +1,19 @@
 """`jit`: `jax.jit` with the XLA options jglow's programs are compiled with.
 
-XLA:CPU's MLIR fusion emitters (its default) take about 1.4 GB of host memory to compile the
-paper model's training step; its older (LLVM IR) emitters, `xla_cpu_use_fusion_emitters=False`,
-about 0.2 GB, and the compiled model runs as fast or faster (log_prob, sampling and the grid
-posterior ~10% faster here, log_prob and the grid posterior bit-identical; README,
-Performance). The option only concerns XLA:CPU; it belongs to the debug options all XLA
-backends share, so others accept it and are unaffected (not tried on a GPU here). A jaxlib may
-lack it, so `compiler_options` checks once that this one accepts it and otherwise leaves XLA's
-defaults.
+Two options of XLA:CPU, measured on the paper model (README, Performance):
+
+* `xla_cpu_use_fusion_emitters=False`: its older (LLVM IR) fusion emitters instead of the MLIR
+  ones. Compiling the paper model's training step takes about 0.2 GB of host memory instead of
+  1.4 GB, and the compiled model runs as fast or faster (log_prob, sampling and the grid
+  posterior ~10% faster here, log_prob and the grid posterior bit-identical).
+* `xla_cpu_experimental_ynn_fusion_type=""`: no YNNPACK fusions. By default XLA:CPU hands every
+  dot and some reductions to YNNPACK; the conditioner CNNs' dots are thin (16–144 columns) and
+  the default made log_prob, sampling, the grid posterior and the training gradient 4–10%
+  slower (medians of alternating calls in one process).
+
+Both are debug options that all XLA backends share, so other backends accept and ignore them
+(not tried on a GPU here). A jaxlib may lack one, so `compiler_options` keeps only those this
+one accepts (possibly none: XLA's defaults).
 
 `jit` creates the `jax.jit` at the function's first use, not at import: deciding the options
 compiles a trivial program, which must not start JAX's backend before the trainer's
@@ -20,13 +26,20 @@ import jax
 import jax.numpy as jnp
 
 # The options for jglow's programs (see the module docstring for the measurements).
-PREFERRED_OPTIONS = {"xla_cpu_use_fusion_emitters": False}
+PREFERRED_OPTIONS = {
+    "xla_cpu_use_fusion_emitters": False,
+    "xla_cpu_experimental_ynn_fusion_type": "",
+}
+# How XLA words its refusal of an option it lacks, or of a value it does not know.
+_REFUSALS = ("No such compile option", "While setting option")
 
 
 @functools.cache
 def compiler_options() -> dict | None:
-    """`PREFERRED_OPTIONS` if this jaxlib accepts them, else None (XLA's defaults)."""
-    return PREFERRED_OPTIONS if accepts(PREFERRED_OPTIONS) else None
+    """Those of `PREFERRED_OPTIONS` this jaxlib accepts, or None if it accepts none of them."""
+    accepted = {name: value for name, value in PREFERRED_OPTIONS.items()
+                if accepts({name: value})}
+    return accepted or None
 
 
 def accepts(options: dict) -> bool:
@@ -34,7 +47,7 @@ def accepts(options: dict) -> bool:
     try:
         jax.jit(lambda x: x + 1, compiler_options=options).lower(jnp.float32(0)).compile()
     except jax.errors.JaxRuntimeError as error:
-        if "No such compile option" not in str(error):
+        if not any(refusal in str(error) for refusal in _REFUSALS):
             raise
         return False
     return True
