@@ -149,8 +149,10 @@ def test_small_field_expansion_equals_the_full_constant_field(side):
     _, z = _inputs()
     full_field = jnp.broadcast_to(z[:, None, None, :], (z.shape[0], side, side, COND_DIM))
     full = InjectorNet(8, CHANNELS).apply({"params": params}, full_field)
-    shift, log_scale = bijector.condition(params, z, side, side)
-    small = jnp.concatenate([shift, log_scale], axis=-1)
+    terms = bijector.condition(params, z, side, side)
+    np.testing.assert_allclose(terms.scale, jnp.exp(terms.log_scale), rtol=1e-6)
+    np.testing.assert_allclose(terms.inverse_scale, jnp.exp(-terms.log_scale), rtol=1e-6)
+    small = jnp.concatenate([terms.shift, terms.log_scale], axis=-1)
     full = full.at[..., CHANNELS:].set(jnp.clip(full[..., CHANNELS:], *LOG_SCALE_RANGE))
     np.testing.assert_allclose(constant_field.expand(small, side, side, 2), full, atol=1e-5, rtol=1e-5)
 
