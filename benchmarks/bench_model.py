@@ -1,14 +1,21 @@
 """Speed of the paper-configuration model on this machine: log_prob and sampling (issue 2).
 
-    python benchmarks/bench_model.py [--reference PATH] [--batch 64] [--repeats 5]
+    python benchmarks/bench_model.py [--reference PATH] [--batch 64] [--repeats 5] [--rounds 1]
 
 Prints JSON: parameter count, compile seconds of jit(log_prob) and jit(sample), maps/s, the
 fraction of the measured fp32 matmul peak (counting the reference's 0.23 GFLOP per map), and,
 with --reference (a local checkout of friedmanroy/HI-generation), the PyTorch reference timed in
 the same run with the ratios. Only ratios from one run are comparable on a shared machine.
+
+With `--rounds N`, the four throughputs (jglow and the reference, log_prob and sampling) are
+measured N times in turn, each the median of `--repeats` calls, so that both sides see the
+machine's speed of the same minutes: `rounds` lists every round's throughputs and ratios,
+and the throughputs and ratios at the top level are the medians over the rounds. With
+`--compile-reference`, the reference under `torch.compile` is timed once, after the rounds.
 """
 
 import argparse
+import statistics
 
 import jax
 import jax.numpy as jnp
@@ -37,7 +44,11 @@ def _perturbed_paper_model(x, z):
     return jax.tree_util.tree_unflatten(treedef, noisy), mask
 
 
-def measure_jglow(batch, repeats):
+def jglow_timers(batch):
+    """Compiles jglow's log_prob and sampling; returns the static results and two timers.
+
+    Each timer takes `repeats` and returns maps/s (batch over the median call).
+    """
     x, z = _inputs(batch)
     params, mask = _perturbed_paper_model(x, z)
     count = sum(leaf.size for leaf, trainable in zip(jax.tree_util.tree_leaves(params),
@@ -45,56 +56,98 @@ def measure_jglow(batch, repeats):
     log_prob_compile, log_prob_fn = common.compile_seconds(_log_prob, params, x, z)
     key, temperature = jax.random.PRNGKey(2), jnp.float32(1.0)
     sample_compile, sample_fn = common.compile_seconds(_sample, params, key, z, temperature)
-    log_prob_s = common.median_seconds(lambda: log_prob_fn(params, x, z).block_until_ready(), repeats)
-    sample_s = common.median_seconds(lambda: sample_fn(params, key, z, temperature).block_until_ready(), repeats)
     samples = sample_fn(params, key, z, temperature)
-    return {
+    static = {
         "parameters": int(count),
         "compile_log_prob_s": log_prob_compile,
         "compile_sample_s": sample_compile,
-        "log_prob_maps_per_s": batch / log_prob_s,
-        "sample_maps_per_s": batch / sample_s,
         "nonfinite_samples": int(jnp.sum(~jnp.all(jnp.isfinite(samples), axis=(1, 2, 3)))),
     }
+    timers = {
+        "log_prob_maps_per_s": lambda repeats: batch / common.median_seconds(
+            lambda: log_prob_fn(params, x, z).block_until_ready(), repeats),
+        "sample_maps_per_s": lambda repeats: batch / common.median_seconds(
+            lambda: sample_fn(params, key, z, temperature).block_until_ready(), repeats),
+    }
+    return static, timers
 
 
-def measure_reference(path, batch, repeats, compile_reference):
+def reference_timers(path, batch):
+    """The reference's log_prob and sampling timers (maps/s for `repeats` calls), and the model."""
     import reference
 
     model = reference.build_reference(path)
-    result = {
-        "log_prob_maps_per_s": reference.time_log_prob(model, batch=batch, repeats=repeats)["maps_per_s"],
-        "sample_maps_per_s": reference.time_sampling(model, n=batch, repeats=repeats)["maps_per_s"],
+    timers = {
+        "log_prob_maps_per_s": lambda repeats: reference.time_log_prob(
+            model, batch=batch, repeats=repeats)["maps_per_s"],
+        "sample_maps_per_s": lambda repeats: reference.time_sampling(
+            model, n=batch, repeats=repeats)["maps_per_s"],
     }
-    if compile_reference:
-        compiled = reference.time_compiled_log_prob(model, batch=batch, repeats=repeats)
-        result["compiled_log_prob_maps_per_s"] = compiled["maps_per_s"]
-        result["compiled_compile_s"] = compiled.get("compile_s")
-    return result
+    return model, timers
+
+
+def compiled_reference_log_prob(model, batch, repeats):
+    """The reference's log_prob under `torch.compile`: (maps/s, compile seconds)."""
+    import reference
+
+    compiled = reference.time_compiled_log_prob(model, batch=batch, repeats=repeats)
+    return compiled["maps_per_s"], compiled.get("compile_s")
+
+
+def alternating_rounds(jglow, reference, rounds, repeats):
+    """`rounds` rounds, each timing every measure of jglow then of the reference (when given)."""
+    measured = []
+    for _ in range(rounds):
+        one = {"jglow": {name: timer(repeats) for name, timer in jglow.items()}}
+        if reference:
+            one["reference"] = {name: timer(repeats) for name, timer in reference.items()}
+            one["ratios"] = {name: one["jglow"][name] / one["reference"][name] for name in jglow}
+        measured.append(one)
+    return measured
+
+
+def median_over_rounds(measured, side):
+    """`{measure: median over the rounds}` for `side` ("jglow", "reference" or "ratios")."""
+    return {name: statistics.median(one[side][name] for one in measured)
+            for name in measured[0][side]}
 
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--batch", type=int, default=64, help="maps per call (default 64)")
     parser.add_argument("--repeats", type=int, default=5, help="timed calls per measurement")
+    parser.add_argument("--rounds", type=int, default=1,
+                        help="measure jglow and the reference in turn this many times (medians)")
     parser.add_argument("--reference", help="path of a local checkout of friedmanroy/HI-generation")
     parser.add_argument("--compile-reference", action="store_true",
                         help="also time the reference under torch.compile (minutes of compilation)")
     args = parser.parse_args()
 
+    if args.rounds < 1:
+        parser.error(f"--rounds must be at least 1, got {args.rounds}")
+
     peak = common.matmul_peak_gflops()
-    result = {"batch": args.batch, "matmul_peak_gflops": peak, "jglow": measure_jglow(args.batch, args.repeats)}
+    static, jglow = jglow_timers(args.batch)
+    model, reference = None, None
+    if args.reference:
+        common.add_reference_path(args.reference)
+        model, reference = reference_timers(args.reference, args.batch)
+    measured = alternating_rounds(jglow, reference, args.rounds, args.repeats)
+    result = {"batch": args.batch, "matmul_peak_gflops": peak,
+              "jglow": {**static, **median_over_rounds(measured, "jglow")}}
     result["jglow"]["fraction_of_matmul_peak"] = (
         result["jglow"]["log_prob_maps_per_s"] * common.REFERENCE_GFLOP_PER_MAP / peak)
     if args.reference:
-        common.add_reference_path(args.reference)
-        ref = measure_reference(args.reference, args.batch, args.repeats, args.compile_reference)
-        result["reference"] = ref
-        result["ratios"] = {name: result["jglow"][name] / ref[name]
-                            for name in ("log_prob_maps_per_s", "sample_maps_per_s")}
-        if "compiled_log_prob_maps_per_s" in ref:
+        result["reference"] = median_over_rounds(measured, "reference")
+        result["ratios"] = median_over_rounds(measured, "ratios")
+        if args.compile_reference:
+            maps_per_s, compile_s = compiled_reference_log_prob(model, args.batch, args.repeats)
+            result["reference"]["compiled_log_prob_maps_per_s"] = maps_per_s
+            result["reference"]["compiled_compile_s"] = compile_s
             result["ratios"]["log_prob_vs_compiled_reference"] = (
-                result["jglow"]["log_prob_maps_per_s"] / ref["compiled_log_prob_maps_per_s"])
+                result["jglow"]["log_prob_maps_per_s"] / maps_per_s)
+    if args.rounds > 1:
+        result["rounds"] = measured
     common.print_json(result)
 
 
