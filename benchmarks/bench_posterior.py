@@ -20,6 +20,9 @@ Helpers (timing, compile time, reference import, JSON) come from `benchmarks/com
 * `chunk_sweep`: one map, 30×30, for each of `--chunks`.
 * `reference` (with `--reference`): the PyTorch reference's own grid posterior
   (`benchmarks/reference.py`, batches of 128 in a loop) in the same run, and the ratio.
+* `grid_rounds` (with `--reference` and `--rounds N > 1`): the 30×30 grid of one map and the
+  reference's timed in turn N times (each the median of `--repeats` calls), every round's
+  seconds and ratio, and the median ratio: both sides see the machine of the same minutes.
 * `--gpu-m M`: only likelihoods per second for one map at `M` conditions on `jax.devices()[0]`,
   for each of `--gpu-chunks` (the best is reported).
 """
@@ -122,6 +125,23 @@ def reference_grid(path: str, side: int, repeats: int) -> dict:
     return reference.time_grid_posterior(model, grid=side, batch=128, repeats=repeats)
 
 
+def grid_rounds(params, x, zs, chunk: int, path: str, rounds: int, repeats: int) -> dict:
+    """jglow's grid posterior and the reference's, timed in turn `rounds` times."""
+    add_reference_path(path)
+    import reference  # noqa: E402  (benchmarks/reference.py, imports torch)
+
+    model = reference.build_reference(path)
+    _, compiled = compile_seconds(grid_log_prob_unchecked, params, x, zs, min(chunk, zs.shape[0]))
+    jglow_s, reference_s = [], []
+    for _ in range(rounds):
+        jglow_s.append(median_seconds(lambda: compiled(params, x, zs).block_until_ready(), repeats))
+        reference_s.append(reference.time_grid_posterior(model, grid=30, batch=128,
+                                                         repeats=repeats)["median_s"])
+    ratios = [r / j for j, r in zip(jglow_s, reference_s)]
+    return {"jglow_seconds": jglow_s, "reference_seconds": reference_s,
+            "reference_over_jglow": ratios, "median_reference_over_jglow": float(np.median(ratios))}
+
+
 def gpu_throughput(m: int, chunks, repeats: int) -> dict:
     """Likelihoods per second for one map at `m` conditions on the default device, for each
     chunk size of `chunks`, and the best."""
@@ -137,6 +157,8 @@ def parse_args(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--reference", help="path of a HI-generation checkout (PyTorch reference)")
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--rounds", type=int, default=1,
+                        help="with --reference: also time both grids in turn this many times")
     parser.add_argument("--grids", type=int, nargs="*", default=[30, 100, 300],
                         help="grid sides of the scaling measurement (subprocesses)")
     parser.add_argument("--chunk", type=int, help="chunk size of the main measurements "
@@ -151,7 +173,10 @@ def parse_args(argv=None):
                         help="re-run with the glibc malloc settings of benchmarks/reference.py "
                              "(the reference's best setting; applies to both)")
     parser.add_argument("--child-grid", type=int, help=argparse.SUPPRESS)
-    return parser.parse_args(argv)
+    args = parser.parse_args(argv)
+    if args.rounds < 1:
+        parser.error(f"--rounds must be at least 1, got {args.rounds}")
+    return args
 
 
 def rerun_with_malloc_settings():
@@ -186,6 +211,9 @@ def main(argv=None) -> dict:
     if args.reference:
         result["reference"] = reference_grid(args.reference, 30, args.repeats)
         result["reference_over_jglow"] = result["reference"]["median_s"] / result["grid"]["seconds"]
+        if args.rounds > 1:
+            result["grid_rounds"] = grid_rounds(params, single, mesh(30), chunk, args.reference,
+                                                args.rounds, args.repeats)
     result["chunk_sweep"] = [time_grid(params, single, mesh(30), c, args.repeats)
                              for c in args.chunks]
     if args.maps:
