@@ -42,10 +42,9 @@ def _representative_positions(side: int, depth: int) -> np.ndarray:
     return first
 
 
-def constant_field(z, height: int, width: int, depth: int):
-    """`(N, D)` conditions → `(N, h, w, D)` constant field on the small grid for `depth` convs."""
-    h, w = small_side(height, depth), small_side(width, depth)
-    return jnp.broadcast_to(z[:, None, None, :], (z.shape[0], h, w, z.shape[-1]))
+def depth_zero_field(z):
+    """`(N, D)` conditions → `(N, 1, 1, D)`: their small field of depth 0, of any map."""
+    return z[:, None, None, :]
 
 
 def expand(small, height: int, width: int, depth: int):

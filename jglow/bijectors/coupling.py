@@ -40,7 +40,7 @@ class ConditionalCoupling:
 
     def condition(self, params, z, height, width):
         """`z (N, D)` → the conditions' part of the first conv, `(N, h, w, hidden)` with h, w ≤ 3."""
-        field = constant_field.constant_field(z, height, width, depth=0)
+        field = constant_field.depth_zero_field(z)
         return self.net.apply({"params": params}, field, (height, width), method=CouplingNet.condition_term)
 
     def _scale_shift(self, params, xa, cond):

@@ -50,7 +50,7 @@ class AffineInjector:
 
     def condition(self, params, z, height, width) -> InjectorTerms:
         """`z (N, D)` → the injector's `InjectorTerms` on the small field of an `height × width` map."""
-        field = constant_field.constant_field(z, height, width, depth=0)
+        field = constant_field.depth_zero_field(z)
         out = self.net.apply({"params": params}, field, (height, width))
         log_scale = straight_through_clip(out[..., self.channels:], *LOG_SCALE_RANGE)
         return InjectorTerms(shift=out[..., : self.channels], log_scale=log_scale,
