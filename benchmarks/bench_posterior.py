@@ -116,21 +116,23 @@ def scaling(sides, chunk: int) -> list:
     return results
 
 
-def reference_grid(path: str, side: int, repeats: int) -> dict:
-    """The PyTorch reference's grid posterior, timed by `benchmarks/reference.py`."""
+def reference_model(path: str):
+    """`(benchmarks/reference.py as a module, the paper-configuration reference model)`."""
     add_reference_path(path)
     import reference  # noqa: E402  (benchmarks/reference.py, imports torch)
 
-    model = reference.build_reference(path)
+    return reference, reference.build_reference(path)
+
+
+def reference_grid(path: str, side: int, repeats: int) -> dict:
+    """The PyTorch reference's grid posterior, timed by `benchmarks/reference.py`."""
+    reference, model = reference_model(path)
     return reference.time_grid_posterior(model, grid=side, batch=128, repeats=repeats)
 
 
 def grid_rounds(params, x, zs, chunk: int, path: str, rounds: int, repeats: int) -> dict:
     """jglow's grid posterior and the reference's, timed in turn `rounds` times."""
-    add_reference_path(path)
-    import reference  # noqa: E402  (benchmarks/reference.py, imports torch)
-
-    model = reference.build_reference(path)
+    reference, model = reference_model(path)
     _, compiled = compile_seconds(grid_log_prob_unchecked, params, x, zs, min(chunk, zs.shape[0]))
     jglow_s, reference_s = [], []
     for _ in range(rounds):
