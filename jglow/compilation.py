@@ -1,6 +1,6 @@
 """`jit`: `jax.jit` with the XLA options jglow's programs are compiled with.
 
-Two options of XLA:CPU, measured on the paper model (README, Performance):
+Three options, measured on the paper model (README, Performance):
 
 * `xla_cpu_use_fusion_emitters=False`: its older (LLVM IR) fusion emitters instead of the MLIR
   ones. Compiling the paper model's training step takes about 0.2 GB of host memory instead of
@@ -10,8 +10,14 @@ Two options of XLA:CPU, measured on the paper model (README, Performance):
   dot and some reductions to YNNPACK; the conditioner CNNs' dots are thin (16–144 columns) and
   the default made log_prob, sampling, the grid posterior and the training gradient 4–10%
   slower (medians of alternating calls in one process).
+* `xla_multiheap_size_constraint_per_heap=30 MiB`: a program's scratch memory in blocks of at
+  most 30 MiB rather than one block. XLA:CPU allocates the scratch afresh at every call, and
+  glibc's malloc serves any request above 32 MiB (its largest mmap threshold) with a new `mmap`,
+  whose pages all fault in on first touch: `log_prob` of 64 maps (43.6 MB of scratch) took
+  ~10,600 page faults per call, 10–20% of its time. Blocks below the threshold are reused from
+  malloc's heap; after the first calls, ~0 faults.
 
-Both are debug options that all XLA backends share, so other backends accept and ignore them
+All three are debug options that all XLA backends share, so other backends accept and ignore them
 (not tried on a GPU here). A jaxlib may lack one, so `compiler_options` keeps only those this
 one accepts (possibly none: XLA's defaults).
 
@@ -29,6 +35,7 @@ import jax.numpy as jnp
 PREFERRED_OPTIONS = {
     "xla_cpu_use_fusion_emitters": False,
     "xla_cpu_experimental_ynn_fusion_type": "",
+    "xla_multiheap_size_constraint_per_heap": 30 * 2**20,
 }
 # How XLA words its refusal of an option it lacks, or of a value it does not know.
 _REFUSALS = ("No such compile option", "While setting option")

@@ -141,7 +141,7 @@ def test_invconv_weight_times_inverse_is_identity_and_constants_get_no_gradient(
 @pytest.mark.parametrize("side", [1, 2, 3, 4, 5, 6, 9, 16])
 def test_small_field_expansion_equals_the_full_constant_field(side):
     """The injector CNN on the full (side × side) constant field equals its condition (hidden
-    layers on the 3×3 field, output on the 5×5 field) expanded."""
+    layers on the 3×3 field, output on the 5×5 field) expanded, and the log-det its sum."""
     bijector = AffineInjector(CHANNELS, 8, COND_DIM)
     params = jax.tree_util.tree_map(
         lambda leaf: leaf + 0.3 * jax.random.normal(jax.random.PRNGKey(leaf.size), leaf.shape),
@@ -149,12 +149,16 @@ def test_small_field_expansion_equals_the_full_constant_field(side):
     _, z = _inputs()
     full_field = jnp.broadcast_to(z[:, None, None, :], (z.shape[0], side, side, COND_DIM))
     full = InjectorNet(8, CHANNELS).apply({"params": params}, full_field)
+    shift, log_scale = full[..., :CHANNELS], jnp.clip(full[..., CHANNELS:], *LOG_SCALE_RANGE)
     terms = bijector.condition(params, z, side, side)
-    np.testing.assert_allclose(terms.scale, jnp.exp(terms.log_scale), rtol=1e-6)
-    np.testing.assert_allclose(terms.inverse_scale, jnp.exp(-terms.log_scale), rtol=1e-6)
-    small = jnp.concatenate([terms.shift, terms.log_scale], axis=-1)
-    full = full.at[..., CHANNELS:].set(jnp.clip(full[..., CHANNELS:], *LOG_SCALE_RANGE))
-    np.testing.assert_allclose(constant_field.expand(small, side, side, 2), full, atol=1e-5, rtol=1e-5)
+
+    def expanded(small):
+        return constant_field.expand(small, side, side, 2)
+
+    np.testing.assert_allclose(expanded(terms.shift), shift, atol=1e-5, rtol=1e-5)
+    np.testing.assert_allclose(expanded(terms.scale), jnp.exp(log_scale), rtol=1e-5)
+    np.testing.assert_allclose(expanded(terms.inverse_scale), jnp.exp(-log_scale), rtol=1e-5)
+    np.testing.assert_allclose(terms.log_det, jnp.sum(log_scale, axis=(1, 2, 3)), atol=1e-4, rtol=1e-5)
 
 
 @pytest.mark.parametrize("height, width", [(1, 1), (1, 4), (2, 2), (3, 7), (4, 4), (16, 5)])

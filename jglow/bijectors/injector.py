@@ -5,9 +5,11 @@
 CNN's input is constant over the map, its hidden layers are computed on a 3×3 field and its
 output on a 5×5 field, then expanded (`jglow.constant_field`), which is exact.
 
-`exp(s)` and `exp(−s)` are taken on the small field by `condition`, outside the flow's scan:
-inside it, XLA:CPU fused the exponential into the expansion and evaluated it at every pixel
-(in sampling, 17% of the 16×16 level's time; README, Performance).
+`exp(s)`, `exp(−s)` and `Σ s` are taken on the small field by `condition`, outside the flow's
+scan: inside it, XLA:CPU fused the exponential into the expansion and evaluated it at every pixel
+(in sampling, 17% of the 16×16 level's time; README, Performance). `s` itself is not kept: the
+stacked terms of every step are live together, and a smaller program's scratch memory is reused
+between calls rather than mapped afresh (README, Performance).
 """
 
 import dataclasses
@@ -27,12 +29,15 @@ _CONV_DEPTH = 2
 
 
 class InjectorTerms(NamedTuple):
-    """The injector's output on the small field, each `(N, h, w, C)` with h, w ≤ 5."""
+    """The injector's output on the small field, `(N, h, w, C)` with h, w ≤ 5, and its log-det.
+
+    `s` is the clamped (straight-through) log-scale.
+    """
 
     shift: jax.Array          # b
-    log_scale: jax.Array      # s, clamped straight-through
     scale: jax.Array          # exp(s)
     inverse_scale: jax.Array  # exp(−s)
+    log_det: jax.Array        # Σ s over the whole map and channels, (N,)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -53,26 +58,22 @@ class AffineInjector:
         field = constant_field.depth_zero_field(z)
         out = self.net.apply({"params": params}, field, (height, width))
         log_scale = straight_through_clip(out[..., self.channels:], *LOG_SCALE_RANGE)
-        return InjectorTerms(shift=out[..., : self.channels], log_scale=log_scale,
-                             scale=jnp.exp(log_scale), inverse_scale=jnp.exp(-log_scale))
+        counts = constant_field.pixel_counts(height, width, _CONV_DEPTH)
+        return InjectorTerms(shift=out[..., : self.channels], scale=jnp.exp(log_scale),
+                             inverse_scale=jnp.exp(-log_scale),
+                             log_det=jnp.einsum("nhwc,hw->n", log_scale, counts))
 
     def forward(self, params, x, cond: InjectorTerms):
         _, h, w, _ = x.shape
         y = x * self._expanded(cond.scale, h, w) + self._expanded(cond.shift, h, w)
-        return y, jnp.broadcast_to(self._log_det(cond.log_scale, h, w), x.shape[:1])
+        return y, jnp.broadcast_to(cond.log_det, x.shape[:1])
 
     def inverse(self, params, y, cond: InjectorTerms):
         _, h, w, _ = y.shape
         x = (y - self._expanded(cond.shift, h, w)) * self._expanded(cond.inverse_scale, h, w)
-        return x, -jnp.broadcast_to(self._log_det(cond.log_scale, h, w), y.shape[:1])
+        return x, -jnp.broadcast_to(cond.log_det, y.shape[:1])
 
     @staticmethod
     def _expanded(small, height, width):
         """A small-field quantity `(N, h, w, C)` on the whole `(height, width)` map."""
         return constant_field.expand(small, height, width, _CONV_DEPTH)
-
-    @staticmethod
-    def _log_det(log_scale, height, width):
-        """`Σ s` over the `(height, width)` map and channels, from the small field: `(N,)`."""
-        counts = constant_field.pixel_counts(height, width, _CONV_DEPTH)
-        return jnp.einsum("nhwc,hw->n", log_scale, counts)
