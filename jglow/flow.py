@@ -44,7 +44,12 @@ class FlowStep:
             log_det = log_det + step_log_det
         return x, log_det
 
+    def inverse_terms(self, params):
+        """What the inverse needs of the parameters alone: the 1×1 conv's inverse weight."""
+        return {"invconv": self.parts["invconv"].inverse_weight(params["invconv"])}
+
     def inverse(self, params, y, cond):
+        """`cond` as for `forward`, optionally with `inverse_terms(params)` merged in."""
         log_det = jnp.zeros(y.shape[:1], y.dtype)
         for name, part in reversed(self.parts.items()):
             y, step_log_det = part.inverse(params[name], y, cond.get(name))
@@ -75,6 +80,8 @@ class StepStack:
         return self._scan(self.step.forward, params, x, cond, reverse=False)
 
     def inverse(self, params, y, cond):
+        """Each step's `inverse_terms` are computed for all steps at once, before the scan."""
+        cond = {**cond, **jax.vmap(self.step.inverse_terms)(params)}
         return self._scan(self.step.inverse, params, y, cond, reverse=True)
 
     def _scan(self, apply_step, params, x, cond, reverse):

@@ -25,6 +25,36 @@ def channel_matmul(x, matrix):
     return flat.reshape(x.shape[:-1] + matrix.shape[-1:])
 
 
+def lower_triangular_inverse(t):
+    """Inverses of lower-triangular matrices `t (..., n, n)` with nonzero diagonals.
+
+    Entries above the diagonal are ignored. Block substitution from the 1×1 diagonal blocks up,
+    `inv([[A, 0], [B, D]]) = [[A⁻¹, 0], [−D⁻¹·B·A⁻¹, D⁻¹]]`, all blocks of one size at once:
+    ⌈log2 n⌉ rounds of batched matmuls, in XLA's own ops. (`jax.scipy.linalg.solve_triangular`
+    on CPU calls the LAPACK that scipy bundles, whose worker threads then spin for a while and
+    took a quarter of the CPU from the sampling program; README, Performance.)
+    """
+    n = t.shape[-1]
+    size = 1 << (n - 1).bit_length()  # the power of two ≥ n; padded with the identity
+    batch = t.shape[:-2]
+    padding = [(0, 0)] * len(batch) + [(0, size - n)] * 2
+    padded = jnp.pad(jnp.tril(t), padding) + np.diag(np.arange(size) >= n).astype(t.dtype)
+    inverse = (1.0 / jnp.diagonal(padded, axis1=-2, axis2=-1))[..., None, None]  # (..., size, 1, 1)
+    block = 1
+    while block < size:
+        count = size // block
+        blocks = jnp.swapaxes(padded.reshape(batch + (count, block, count, block)), -3, -2)
+        pairs = np.arange(0, count, 2)
+        below = blocks[..., pairs + 1, pairs, :, :]                   # B of each pair
+        upper_left, lower_right = inverse[..., 0::2, :, :], inverse[..., 1::2, :, :]
+        corner = -(lower_right @ below @ upper_left)
+        top = jnp.concatenate([upper_left, jnp.zeros_like(corner)], axis=-1)
+        bottom = jnp.concatenate([corner, lower_right], axis=-1)
+        inverse = jnp.concatenate([top, bottom], axis=-2)             # (..., count / 2, 2b, 2b)
+        block *= 2
+    return inverse[..., 0, :n, :n]
+
+
 def sum_except_batch(x):
     """`(N, ...) -> (N,)`: the sum over every axis but the first."""
     return jnp.sum(x.reshape(x.shape[0], -1), axis=1)

@@ -15,7 +15,7 @@ import scipy.linalg
 from jax import lax
 
 from jglow.conv import conv2d
-from jglow.numerics import numpy_generator
+from jglow.numerics import lower_triangular_inverse, numpy_generator
 
 CONSTANT_KEYS = ("perm", "sign")
 
@@ -48,17 +48,20 @@ class InvConv1x1:
         return perm @ lower @ upper
 
     def inverse_weight(self, params):
-        """`(C, C)` matrix `W⁻¹ = U⁻¹ L⁻¹ Pᵀ` by triangular solves."""
+        """`(C, C)` matrix `W⁻¹ = U⁻¹ L⁻¹ Pᵀ` (triangular inverses in XLA's own ops, no LAPACK)."""
         perm, lower, upper = self._factors(params)
-        eye = jnp.eye(self.channels, dtype=lower.dtype)
-        lower_inv = jax.scipy.linalg.solve_triangular(lower, eye, lower=True, unit_diagonal=True)
-        return jax.scipy.linalg.solve_triangular(upper, lower_inv @ perm.T, lower=False)
+        upper_inverse = jnp.swapaxes(lower_triangular_inverse(jnp.swapaxes(upper, -1, -2)), -1, -2)
+        return upper_inverse @ lower_triangular_inverse(lower) @ perm.T
 
     def forward(self, params, x, cond=None):
         return conv2d(x, self.weight(params).T[None, None]), self._log_det(params, x)
 
-    def inverse(self, params, y, cond=None):
-        return conv2d(y, self.inverse_weight(params).T[None, None]), -self._log_det(params, y)
+    def inverse(self, params, y, inverse_weight=None):
+        """With `inverse_weight`, `W⁻¹` precomputed (a `StepStack` does it for all its steps at
+        once, outside its scan); without it, computed here."""
+        if inverse_weight is None:
+            inverse_weight = self.inverse_weight(params)
+        return conv2d(y, inverse_weight.T[None, None]), -self._log_det(params, y)
 
     @staticmethod
     def _log_det(params, x):
