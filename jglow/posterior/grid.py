@@ -37,27 +37,37 @@ def default_chunk_size(n_conditions: int, n_maps: int) -> int:
 
 
 def map_in_chunks(fn, xs, chunk_size: int):
-    """`fn` applied to every row of `xs` `(M, D)`: `vmap` inside chunks, `lax.map` over chunks.
+    """`fn` applied to the rows of `xs` `(M, D)` a chunk at a time, the chunks under `lax.map`.
 
-    `fn` maps one row `(D,)` to an array `(...)`; the result is `(M, ...)`. Rows are padded to a
-    multiple of `chunk_size` with copies of the last row; the padding is computed and dropped.
+    `fn` maps a chunk `(chunk_size, D)` to `(chunk_size, ...)` row by row (a `jax.vmap` of a
+    function of one row, or a batched computation); the result is `(M, ...)`. Rows are padded
+    to a multiple of `chunk_size` with copies of the last row; the padding is computed and dropped.
     """
     m, d = xs.shape
     n_chunks = -(-m // chunk_size)
     padding = jnp.broadcast_to(xs[-1:], (n_chunks * chunk_size - m, d))
     chunks = jnp.concatenate([xs, padding]).reshape(n_chunks, chunk_size, d)
-    out = lax.map(jax.vmap(fn), chunks)
+    out = lax.map(fn, chunks)
     return out.reshape(n_chunks * chunk_size, *out.shape[2:])[:m]
 
 
 @jit(static_argnames="chunk_size")
 def grid_log_prob_unchecked(params, x, zs, chunk_size: int):
-    """`grid_log_prob` without validation, traceable: `x (B, H, W, C)`, `zs (M, D)` → `(B, M)`."""
-    def at_condition(z):
-        conditioning = model.condition(params, z[None])  # leaves lead with 1: shared by all B maps
-        return model.log_prob_given(params, x, conditioning)
+    """`grid_log_prob` without validation, traceable: `x (B, H, W, C)`, `zs (M, D)` → `(B, M)`.
 
-    return map_in_chunks(at_condition, zs, chunk_size).T
+    A chunk's conditions are the batch of one model evaluation per map, with the map broadcast
+    over them. (Mapping `vmap` over the conditions one at a time instead was 16% slower here.)
+    """
+    def at_conditions(z_chunk):
+        conditioning = model.condition(params, z_chunk)  # once per condition, for all B maps
+
+        def one_map(map_):
+            maps = jnp.broadcast_to(map_, z_chunk.shape[:1] + map_.shape)
+            return model.log_prob_given(params, maps, conditioning)
+
+        return jax.vmap(one_map, out_axes=1)(x)  # (chunk, B)
+
+    return map_in_chunks(at_conditions, zs, chunk_size).T
 
 
 def grid_log_prob(params, x, zs, chunk_size=None):

@@ -70,7 +70,7 @@ class SyntheticLikelihood:
 def _synthetic_table(maps, thetas, box_size, chunk_size):
     """`synthetic_log_prob` of `maps` `(B, n, n)` at each row of `thetas` `(M, 2)` → `(B, M)`."""
     at_theta = lambda theta: synthetic_log_prob(maps, theta, box_size)  # noqa: E731
-    return map_in_chunks(at_theta, thetas, chunk_size).T
+    return map_in_chunks(jax.vmap(at_theta), thetas, chunk_size).T
 
 
 def as_pytree(fn):
