@@ -8,7 +8,6 @@ listed in `CONSTANT_KEYS`, pass through `stop_gradient` here, and the trainer mu
 
 import dataclasses
 
-import jax
 import jax.numpy as jnp
 import numpy as np
 import scipy.linalg
