@@ -15,7 +15,12 @@ Three options, measured on the paper model (README, Performance):
   glibc's malloc serves any request above 32 MiB (its largest mmap threshold) with a new `mmap`,
   whose pages all fault in on first touch: `log_prob` of 64 maps (43.6 MB of scratch) took
   ~10,600 page faults per call, 10–20% of its time. Blocks below the threshold are reused from
-  malloc's heap; after the first calls, ~0 faults.
+  malloc's heap; after the first calls, ~0 faults. The cost: with JAX's persistent compilation
+  cache on (`jax_compilation_cache_dir`), XLA:CPU cannot serialise a program whose scratch
+  needs more than one block, so such programs (the paper model's `log_prob` of 64 maps, for
+  one) are compiled afresh in every process and JAX warns "Error writing persistent
+  compilation cache entry ... Multiple temp buffer allocations found". Smaller programs are
+  cached as usual.
 
 All three are debug options that all XLA backends share, so other backends accept and ignore them
 (not tried on a GPU here). A jaxlib may lack one, so `compiler_options` keeps only those this
