@@ -3,8 +3,9 @@
 `grid_log_prob(params, x, zs)` evaluates `log p(x_b | z_m)` for every map `b` and condition `m`.
 The conditions are cut into chunks of `chunk_size`: inside a chunk the conditions are the batch
 of one model evaluation per map (`vmap`ped over the maps), and the chunks run one after the other
-under `lax.map`, so the memory in use is that of one chunk whatever `M` is. `M` is padded up to a multiple of `chunk_size` by repeating
-the last condition, and the padding is dropped from the result.
+under `lax.map`, so the memory in use is that of one chunk whatever `M` is. `M` is padded up to a
+multiple of `chunk_size` by repeating the last condition, and the padding is dropped from the
+result.
 
 Per condition, the work that depends only on the condition (`jglow.model.condition`: injector
 fields, the conditions' part of every coupling conv, prior means and log-variances) is done once
