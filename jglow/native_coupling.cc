@@ -62,6 +62,24 @@ bool all_finite(const float* values, size_t count) {
   return true;
 }
 
+// acc[b] += sum over taps and input channels c of kernel[tap][c][out0 + b] * (plane c shifted by
+// the tap), along row i: a 3x3 convolution of padded channels-first planes, 4 outputs at a time.
+template <typename V, int NV>
+inline void add_conv3x3_row(V (&acc)[4][NV], const float* planes, int in_channels, int plane,
+                            int padded_width, int i, const float* kernel, int out_channels,
+                            int out0) {
+  constexpr int L = sizeof(V) / sizeof(float);
+  for (int tap = 0; tap < 9; ++tap)
+    for (int c = 0; c < in_channels; ++c) {
+      const float* src = planes + (size_t)c * plane + (i + tap / 3) * padded_width + tap % 3;
+      const float* weights = kernel + (tap * in_channels + c) * out_channels + out0;
+      V in[NV];
+      for (int v = 0; v < NV; ++v) in[v] = load<V>(src + L * v);
+      for (int b = 0; b < 4; ++b)
+        for (int v = 0; v < NV; ++v) acc[b][v] += weights[b] * in[v];
+    }
+}
+
 struct Shape {
   int height, width, channels, hidden, cond_width;
   int half() const { return channels / 2; }
@@ -110,15 +128,7 @@ float coupling_one_map(const float* __restrict x, const float* __restrict cond, 
       V acc[4][NV];
       for (int b = 0; b < 4; ++b)
         for (int v = 0; v < NV; ++v) acc[b][v] = load<V>(cond_row + (k0 + b) * W + L * v);
-      for (int tap = 0; tap < 9; ++tap)
-        for (int c = 0; c < half; ++c) {
-          const float* src = xa + (size_t)c * plane + (i + tap / 3) * Wp + tap % 3;
-          const float* kernel = w.kx + (tap * half + c) * HID + k0;
-          V in[NV];
-          for (int v = 0; v < NV; ++v) in[v] = load<V>(src + L * v);
-          for (int b = 0; b < 4; ++b)
-            for (int v = 0; v < NV; ++v) acc[b][v] += kernel[b] * in[v];
-        }
+      add_conv3x3_row<V, NV>(acc, xa, half, plane, Wp, i, w.kx, HID, k0);
       for (int b = 0; b < 4; ++b)
         for (int v = 0; v < NV; ++v) store(h1 + (k0 + b) * W + L * v, relu<V>(acc[b][v]));
     }
@@ -144,15 +154,7 @@ float coupling_one_map(const float* __restrict x, const float* __restrict cond, 
       V acc[4][NV];
       for (int b = 0; b < 4; ++b)
         for (int v = 0; v < NV; ++v) acc[b][v] = splat<V>(w.bz[c0 + b]);
-      for (int tap = 0; tap < 9; ++tap)
-        for (int k = 0; k < HID; ++k) {
-          const float* src = h2 + (size_t)k * plane + (i + tap / 3) * Wp + tap % 3;
-          const float* kernel = w.kz + (tap * HID + k) * C + c0;
-          V in[NV];
-          for (int v = 0; v < NV; ++v) in[v] = load<V>(src + L * v);
-          for (int b = 0; b < 4; ++b)
-            for (int v = 0; v < NV; ++v) acc[b][v] += kernel[b] * in[v];
-        }
+      add_conv3x3_row<V, NV>(acc, h2, HID, plane, Wp, i, w.kz, C, c0);
       for (int b = 0; b < 4; ++b)
         for (int v = 0; v < NV; ++v) store(out + ((size_t)(c0 + b) * H + i) * W + L * v, acc[b][v]);
     }
