@@ -20,6 +20,7 @@
 #include <cmath>
 #include <cstdint>
 #include <cstring>
+#include <memory>
 #include <thread>
 #include <vector>
 
@@ -228,17 +229,25 @@ ffi::Error CouplingForward(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> x, ffi::B
       }
     }
   };
-  // The maps are split into as many parts as XLA has intra-op threads (one per core): the
-  // calling thread runs the first, the pool the others.
+  // The maps are split into as many parts as XLA has intra-op threads (one per core). The calling
+  // thread and the pool's tasks claim parts until none is left, so the call finishes even if the
+  // pool's threads are all busy (another kernel call waiting the same way): it never waits for a
+  // part that no thread has started. A task that starts after the call has returned finds no part
+  // left and touches only the shared counters.
+  struct Parts {
+    std::atomic<int> next{0}, finished{0};
+  };
   const int parts = std::max<int64_t>(1, std::min<int64_t>(n_maps, pool.num_threads()));
-  std::atomic<int> finished{0};
-  for (int p = 1; p < parts; ++p)
-    pool.Schedule([&, p] {
+  auto counters = std::make_shared<Parts>();
+  auto claim_parts = [counters, parts, n_maps, &run_maps] {
+    for (int p; (p = counters->next.fetch_add(1)) < parts;) {
       run_maps(n_maps * p / parts, n_maps * (p + 1) / parts);
-      finished.fetch_add(1, std::memory_order_release);
-    });
-  run_maps(0, n_maps / parts);
-  while (finished.load(std::memory_order_acquire) != parts - 1) std::this_thread::yield();
+      counters->finished.fetch_add(1, std::memory_order_release);
+    }
+  };
+  for (int p = 1; p < parts; ++p) pool.Schedule([claim_parts] { claim_parts(); });
+  claim_parts();
+  while (counters->finished.load(std::memory_order_acquire) != parts) std::this_thread::yield();
   return ffi::Error::Success();
 }
 
