@@ -63,21 +63,18 @@ bool all_finite(const float* values, size_t count) {
   return true;
 }
 
-// acc[b] += sum over taps and input channels c of kernel[tap][c][out0 + b] * (plane c shifted by
-// the tap), along row i: a 3x3 convolution of padded channels-first planes, 4 outputs at a time.
-template <typename V, int NV>
-inline void add_conv3x3_row(V (&acc)[4][NV], const float* planes, int in_channels, int plane,
-                            int padded_width, int i, const float* kernel, int out_channels,
-                            int out0) {
-  constexpr int L = sizeof(V) / sizeof(float);
+// acc[b] += sum over taps and input channels c of kernel[tap][c][out0 + b] * (channel c of the
+// input row rows[tap / 3], shifted by tap % 3): one vector of an output row of a 3x3 convolution,
+// 4 outputs at a time. Each of the three padded input rows holds its channels `channel_stride`
+// floats apart.
+template <typename V>
+inline void add_conv3x3_row(V (&acc)[4], const float* const (&rows)[3], int in_channels,
+                            int channel_stride, const float* kernel, int out_channels, int out0) {
   for (int tap = 0; tap < 9; ++tap)
     for (int c = 0; c < in_channels; ++c) {
-      const float* src = planes + (size_t)c * plane + (i + tap / 3) * padded_width + tap % 3;
+      const V in = load<V>(rows[tap / 3] + (size_t)c * channel_stride + tap % 3);
       const float* weights = kernel + (tap * in_channels + c) * out_channels + out0;
-      V in[NV];
-      for (int v = 0; v < NV; ++v) in[v] = load<V>(src + L * v);
-      for (int b = 0; b < 4; ++b)
-        for (int v = 0; v < NV; ++v) acc[b][v] += weights[b] * in[v];
+      for (int b = 0; b < 4; ++b) acc[b] += weights[b] * in;
     }
 }
 
@@ -87,9 +84,9 @@ struct Shape {
   int padded_plane() const { return (height + 2) * (width + 2); }
   size_t map_size() const { return (size_t)height * width * channels; }
   size_t cond_size() const { return (size_t)std::min(height, 3) * cond_width * hidden; }
-  size_t scratch_floats() const {  // enough for either kernel
+  size_t scratch_floats() const {
     return (size_t)half() * padded_plane() + (size_t)4 * hidden * width +
-           (size_t)hidden * padded_plane() + (size_t)channels * height * width + hidden + channels;
+           (size_t)3 * hidden * (width + 2) + (size_t)channels * height * width;
   }
 };
 
@@ -98,18 +95,21 @@ struct Weights {
   float clamp;
 };
 
-// One map; `NV` vectors `V` of pixels per row (W = NV lanes). Returns the log-det.
+// One map; `NV` vectors `V` of pixels per row (W = NV · lanes of V). Returns the log-det.
+// h2 is computed row by row into a ring of three padded rows, and the ZeroConv's output row
+// i - 1 is taken as soon as row i exists, so the hidden values stay in the L1 cache.
 template <typename V, int NV>
 float coupling_one_map(const float* __restrict x, const float* __restrict cond, const Weights& w,
                        const Shape& s, float* __restrict y, float* __restrict scratch) {
   constexpr int L = sizeof(V) / sizeof(float), W = L * NV, Wp = W + 2;
   const int H = s.height, C = s.channels, HID = s.hidden, half = s.half();
-  const int plane = s.padded_plane();
+  const int plane = s.padded_plane(), ring_row = HID * Wp;
   float* xa = scratch;                           // (half, H+2, W+2), zero padding
   float* cond_rows = xa + (size_t)half * plane;  // (3, HID, W): cond_term rows by row class
-  float* h1 = cond_rows + (size_t)3 * HID * W;   // (HID, W): one row of h1
-  float* h2 = h1 + (size_t)HID * W;              // (HID, H+2, W+2), padding with ones
-  float* out = h2 + (size_t)HID * plane;         // (C, H, W)
+  float* h1 = cond_rows + (size_t)3 * HID * W;   // (HID, L): one vector of a row of h1
+  float* ring = h1 + (size_t)HID * W;            // (3, HID, W+2): rows of h2, padding with ones
+  float* out = ring + (size_t)3 * ring_row;      // (C, H, W)
+  auto ring_slot = [&](int row) { return ring + (size_t)((row + 3) % 3) * ring_row; };  // row >= -1
 
   std::fill(xa, xa + (size_t)half * plane, 0.0f);
   for (int i = 0; i < H; ++i)
@@ -121,44 +121,51 @@ float coupling_one_map(const float* __restrict x, const float* __restrict cond, 
       for (int j = 0; j < W; ++j)
         cond_rows[((size_t)r * HID + k) * W + j] =
             cond[((size_t)r * s.cond_width + small_index(j, W)) * HID + k];
-  std::fill(h2, h2 + (size_t)HID * plane, 1.0f);
+  std::fill(ring, ring + (size_t)3 * ring_row, 1.0f);  // row -1 and every padding column
 
-  for (int i = 0; i < H; ++i) {
+  // Each row is taken one vector of pixels at a time: with the accumulators of two vectors live
+  // at once, 60 maps of 32x32x4 took 2.6 ms on one core instead of 1.65 ms.
+  auto hidden_row = [&](int i) {  // h2 row i into its ring slot
     const float* cond_row = cond_rows + (size_t)small_index(i, H) * HID * W;
-    for (int k0 = 0; k0 < HID; k0 += 4) {  // first conv, 4 hidden channels at a time
-      V acc[4][NV];
-      for (int b = 0; b < 4; ++b)
-        for (int v = 0; v < NV; ++v) acc[b][v] = load<V>(cond_row + (k0 + b) * W + L * v);
-      add_conv3x3_row<V, NV>(acc, xa, half, plane, Wp, i, w.kx, HID, k0);
-      for (int b = 0; b < 4; ++b)
-        for (int v = 0; v < NV; ++v) store(h1 + (k0 + b) * W + L * v, relu<V>(acc[b][v]));
-    }
-    for (int k0 = 0; k0 < HID; k0 += 4) {  // 1x1 conv
-      V acc[4][NV];
-      for (int b = 0; b < 4; ++b)
-        for (int v = 0; v < NV; ++v) acc[b][v] = splat<V>(w.bmid[k0 + b]);
-      for (int k = 0; k < HID; ++k) {
-        V in[NV];
-        for (int v = 0; v < NV; ++v) in[v] = load<V>(h1 + k * W + L * v);
-        const float* kernel = w.wmid + k * HID + k0;
-        for (int b = 0; b < 4; ++b)
-          for (int v = 0; v < NV; ++v) acc[b][v] += kernel[b] * in[v];
+    float* h2_row = ring_slot(i);
+    for (int v = 0; v < NV; ++v) {
+      const int j0 = L * v;
+      const float* const xa_rows[3] = {xa + i * Wp + j0, xa + (i + 1) * Wp + j0, xa + (i + 2) * Wp + j0};
+      for (int k0 = 0; k0 < HID; k0 += 4) {  // first conv, 4 hidden channels at a time
+        V acc[4];
+        for (int b = 0; b < 4; ++b) acc[b] = load<V>(cond_row + (k0 + b) * W + j0);
+        add_conv3x3_row<V>(acc, xa_rows, half, plane, w.kx, HID, k0);
+        for (int b = 0; b < 4; ++b) store(h1 + (k0 + b) * L, relu<V>(acc[b]));
       }
-      for (int b = 0; b < 4; ++b)
-        for (int v = 0; v < NV; ++v)
-          store(h2 + (size_t)(k0 + b) * plane + (i + 1) * Wp + 1 + L * v, relu<V>(acc[b][v]));
+      for (int k0 = 0; k0 < HID; k0 += 4) {  // 1x1 conv
+        V acc[4];
+        for (int b = 0; b < 4; ++b) acc[b] = splat<V>(w.bmid[k0 + b]);
+        for (int k = 0; k < HID; ++k) {
+          const V in = load<V>(h1 + k * L);
+          for (int b = 0; b < 4; ++b) acc[b] += w.wmid[k * HID + k0 + b] * in;
+        }
+        for (int b = 0; b < 4; ++b) store(h2_row + (k0 + b) * Wp + 1 + j0, relu<V>(acc[b]));
+      }
     }
+  };
+  auto output_row = [&](int i) {  // ZeroConv row i from h2 rows i - 1, i, i + 1
+    for (int v = 0; v < NV; ++v) {
+      const int j0 = L * v;
+      const float* const h2_rows[3] = {ring_slot(i - 1) + j0, ring_slot(i) + j0, ring_slot(i + 1) + j0};
+      for (int c0 = 0; c0 < C; c0 += 4) {  // 4 output channels at a time
+        V acc[4];
+        for (int b = 0; b < 4; ++b) acc[b] = splat<V>(w.bz[c0 + b]);
+        add_conv3x3_row<V>(acc, h2_rows, HID, Wp, w.kz, C, c0);
+        for (int b = 0; b < 4; ++b) store(out + ((size_t)(c0 + b) * H + i) * W + j0, acc[b]);
+      }
+    }
+  };
+  for (int i = 0; i < H; ++i) {
+    hidden_row(i);
+    if (i > 0) output_row(i - 1);
   }
-
-  for (int i = 0; i < H; ++i)
-    for (int c0 = 0; c0 < C; c0 += 4) {  // ZeroConv, 4 output channels at a time
-      V acc[4][NV];
-      for (int b = 0; b < 4; ++b)
-        for (int v = 0; v < NV; ++v) acc[b][v] = splat<V>(w.bz[c0 + b]);
-      add_conv3x3_row<V, NV>(acc, h2, HID, plane, Wp, i, w.kz, C, c0);
-      for (int b = 0; b < 4; ++b)
-        for (int v = 0; v < NV; ++v) store(out + ((size_t)(c0 + b) * H + i) * W + L * v, acc[b][v]);
-    }
+  std::fill(ring_slot(H), ring_slot(H) + ring_row, 1.0f);  // row H: padding
+  output_row(H - 1);
 
   const int pixels = H * W;
   float log_det = 0.0f;
