@@ -96,14 +96,15 @@ def test_grid_log_prob_refuses_a_bad_chunk_size(setup):
 
 
 @pytest.mark.parametrize("n_conditions, n_maps, expected", [
-    (900, 1, 60), (10_000, 1, 64), (64, 1, 64), (65, 1, 33), (12, 1, 12), (900, 3, 21),
-    (900, 100, 1)])
+    (900, 1, 225), (10_000, 1, 250), (256, 1, 256), (257, 1, 129), (12, 1, 12), (900, 3, 82),
+    (900, 100, 2), (900, 300, 1)])
 def test_default_chunks_are_balanced(n_conditions, n_maps, expected):
-    """At most 64 evaluations per chunk, and less than one padded condition per chunk."""
+    """At most 256 evaluations per chunk, and less than one padded condition per chunk."""
+    assert posterior.grid.EVALUATIONS_PER_CHUNK == 256
     size = posterior.grid.default_chunk_size(n_conditions, n_maps)
     n_chunks = -(-n_conditions // size)
     assert size == expected
-    assert size * n_maps <= max(64, n_maps) and n_chunks * size - n_conditions < n_chunks
+    assert size * n_maps <= max(256, n_maps) and n_chunks * size - n_conditions < n_chunks
 
 
 # --- grid posteriors on the exact synthetic likelihood -----------------------------------------
