@@ -95,16 +95,25 @@ def test_grid_log_prob_refuses_a_bad_chunk_size(setup):
         posterior.grid_log_prob(params, x, zs, chunk_size=0)
 
 
-@pytest.mark.parametrize("n_conditions, n_maps, expected", [
-    (900, 1, 225), (10_000, 1, 250), (256, 1, 256), (257, 1, 129), (12, 1, 12), (900, 3, 82),
-    (900, 100, 2), (900, 300, 1)])
-def test_default_chunks_are_balanced(n_conditions, n_maps, expected):
-    """At most 256 evaluations per chunk, and less than one padded condition per chunk."""
-    assert posterior.grid.EVALUATIONS_PER_CHUNK == 256
-    size = posterior.grid.default_chunk_size(n_conditions, n_maps)
+@pytest.mark.parametrize("per_chunk, n_conditions, n_maps, expected", [
+    (256, 900, 1, 225), (256, 10_000, 1, 250), (256, 256, 1, 256), (256, 257, 1, 129),
+    (256, 12, 1, 12), (256, 900, 3, 82), (256, 900, 100, 2), (256, 900, 300, 1),
+    (64, 900, 1, 60), (64, 10_000, 1, 64), (64, 65, 1, 33), (64, 900, 3, 21), (64, 900, 100, 1)])
+def test_default_chunks_are_balanced(per_chunk, n_conditions, n_maps, expected):
+    """At most `per_chunk` evaluations per chunk, and less than one padded condition per chunk."""
+    size = posterior.grid.default_chunk_size(n_conditions, n_maps, per_chunk)
     n_chunks = -(-n_conditions // size)
     assert size == expected
-    assert size * n_maps <= max(256, n_maps) and n_chunks * size - n_conditions < n_chunks
+    assert size * n_maps <= max(per_chunk, n_maps) and n_chunks * size - n_conditions < n_chunks
+
+
+def test_default_chunks_are_larger_with_the_fused_coupling_kernel(monkeypatch):
+    from jglow import native_coupling
+    expected = 256 if native_coupling.registered() else 64
+    assert posterior.grid.evaluations_per_chunk() == expected
+    assert posterior.grid.default_chunk_size(900, 1) == (225 if expected == 256 else 60)
+    monkeypatch.setattr(native_coupling, "registered", lambda: False)
+    assert posterior.grid.evaluations_per_chunk() == 64
 
 
 # --- grid posteriors on the exact synthetic likelihood -----------------------------------------

@@ -18,23 +18,36 @@ import numpy as np
 from jax import lax
 
 from jglow import checks as model_checks
-from jglow import model
+from jglow import model, native_coupling
 from jglow.compilation import jit
 from jglow.posterior import checks
 
-EVALUATIONS_PER_CHUNK = 256
-"""Most work per chunk by default, in (map, condition) pairs (`default_chunk_size`). Measured
-on the 2-core CPU (paper configuration, one map, 30×30 grid), chunks alternating in one process,
-medians of 7: chunks of 60, 180 and 225 took 1.02, 0.94 and 0.93 s (the default gives 225 for 900
-conditions), against 1.07 s for 128 and 256, which pad 900 to 1,024. Peak RSS 587 MB at 60, 725 at
-300. (Before the fused coupling kernel, 64 was best.)"""
+FUSED_EVALUATIONS_PER_CHUNK = 256
+"""Most work per chunk by default, in (map, condition) pairs, where the fused coupling kernel runs
+the couplings (`jglow.native_coupling`). Measured on the 2-core CPU (paper configuration, one map,
+30×30 grid), chunks alternating in one process, medians of 7: chunks of 60, 180 and 225 took 1.02,
+0.94 and 0.93 s (this default gives 225 for 900 conditions), against 1.07 s for 128 and 256, which
+pad 900 to 1,024. Peak RSS 587 MB at 60, 725 MB at 300."""
+
+XLA_EVALUATIONS_PER_CHUNK = 64
+"""The same without the kernel (XLA's operations: no compiler, or not the CPU). On the CPU, 60 and
+225 took 1.59 and 1.72 s, and at 225 XLA warns that a buffer is larger than its 30 MiB scratch
+blocks (`jglow.compilation`)."""
 
 
-def default_chunk_size(n_conditions: int, n_maps: int) -> int:
-    """`chunk_size` used when none is given: at most `EVALUATIONS_PER_CHUNK` pairs per chunk,
-    balanced over the chunks so that the padding is less than one condition per chunk (a
-    30×30 grid of one map runs as 4 chunks of 225, not 4 of 256 with 124 padded conditions)."""
-    largest = max(1, min(n_conditions, EVALUATIONS_PER_CHUNK // n_maps))
+def evaluations_per_chunk() -> int:
+    """The most (map, condition) pairs per chunk by default: more when the fused coupling kernel is
+    available (on the CPU; it runs the couplings of maps 8–64 pixels wide)."""
+    fused = jax.default_backend() == "cpu" and native_coupling.registered()
+    return FUSED_EVALUATIONS_PER_CHUNK if fused else XLA_EVALUATIONS_PER_CHUNK
+
+
+def default_chunk_size(n_conditions: int, n_maps: int, per_chunk: int | None = None) -> int:
+    """`chunk_size` used when none is given: at most `per_chunk` (default
+    `evaluations_per_chunk()`) pairs per chunk, balanced over the chunks so that the padding is
+    less than one condition per chunk (with 256, a 30×30 grid of one map runs as 4 chunks of 225,
+    not 4 of 256 with 124 padded conditions)."""
+    largest = max(1, min(n_conditions, (per_chunk or evaluations_per_chunk()) // n_maps))
     n_chunks = -(-n_conditions // largest)
     return -(-n_conditions // n_chunks)
 
