@@ -46,7 +46,13 @@ def applies(x, hidden: int) -> bool:
     """Whether `forward` runs the kernel for maps `x (N, H, W, C)` and `hidden` channels."""
     _, _, width, channels = x.shape
     return (width in SUPPORTED_WIDTHS and channels % 4 == 0 and hidden % 4 == 0
-            and x.dtype == jnp.float32 and jax.default_backend() == "cpu" and registered())
+            and x.dtype == jnp.float32 and available())
+
+
+def available() -> bool:
+    """Whether the kernel runs in this process: JAX's default backend is the CPU and the kernel
+    is registered."""
+    return jax.default_backend() == "cpu" and registered()
 
 
 @functools.partial(jax.custom_jvp, nondiff_argnums=(0, 1))

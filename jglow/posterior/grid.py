@@ -38,8 +38,7 @@ blocks (`jglow.compilation`)."""
 def evaluations_per_chunk() -> int:
     """The most (map, condition) pairs per chunk by default: more when the fused coupling kernel is
     available (on the CPU; it runs the couplings of maps 8–64 pixels wide)."""
-    fused = jax.default_backend() == "cpu" and native_coupling.registered()
-    return FUSED_EVALUATIONS_PER_CHUNK if fused else XLA_EVALUATIONS_PER_CHUNK
+    return FUSED_EVALUATIONS_PER_CHUNK if native_coupling.available() else XLA_EVALUATIONS_PER_CHUNK
 
 
 def default_chunk_size(n_conditions: int, n_maps: int, per_chunk: int | None = None) -> int:
