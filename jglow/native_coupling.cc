@@ -212,8 +212,7 @@ ffi::Error CouplingForward(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> x, ffi::B
   const int n_maps = xd[0];
   const Shape s{(int)xd[1], (int)xd[2], (int)xd[3], (int)cd[3], (int)cd[2]};
   const MapKernel kernel = kernel_for(s.width, s.channels, s.hidden);
-  if (!kernel || cd[1] != std::min(s.height, 3) ||
-      cd[2] != std::min(s.width, 3))
+  if (!kernel || cd[1] != std::min(s.height, 3) || cd[2] != std::min(s.width, 3))
     return ffi::Error::InvalidArgument("jglow_coupling_forward: unsupported shape");
   const Weights w{kx.typed_data(), wmid.typed_data(), bmid.typed_data(), kz.typed_data(),
                   bz.typed_data(), clamp};
