@@ -81,18 +81,23 @@ inline void add_conv3x3_row(V (&acc)[4], const float* const (&rows)[3], int in_c
 struct Shape {
   int height, width, channels, hidden, cond_width;
   int half() const { return channels / 2; }
+  int pixels() const { return height * width; }
   int padded_plane() const { return (height + 2) * (width + 2); }
   size_t map_size() const { return (size_t)height * width * channels; }
   size_t cond_size() const { return (size_t)std::min(height, 3) * cond_width * hidden; }
-  size_t scratch_floats() const {
-    return (size_t)half() * padded_plane() + (size_t)4 * hidden * width +
-           (size_t)3 * hidden * (width + 2) + (size_t)channels * height * width;
+  size_t scratch_floats() const {  // enough for either kernel
+    const size_t rows = (size_t)half() * padded_plane() + (size_t)4 * hidden * width +
+                        (size_t)3 * hidden * (width + 2) + (size_t)channels * height * width;
+    const size_t lanes = (size_t)16 * (map_size() + cond_size() + hidden + (size_t)pixels() * hidden +
+                                       channels);
+    return std::max(rows, lanes);
   }
 };
 
 struct Weights {
   const float *kx, *wmid, *bmid, *kz, *bz;
   float clamp;
+  const float* zero_padding;  // (H*W, C): the ZeroConv's taps on the padding, for coupling_16_maps
 };
 
 // One map; `NV` vectors `V` of pixels per row (W = NV · lanes of V). Returns the log-det.
@@ -186,11 +191,117 @@ float coupling_one_map(const float* __restrict x, const float* __restrict cond, 
   return log_det;
 }
 
+// Up to 16 maps of a coarse level (any H and W; C a multiple of 16, HID of 16): the maps are the
+// vector lanes, so every vector is full whatever the field's size, and taps that fall outside the
+// map are skipped (the ZeroConv's padding with ones enters as `w.zero_padding`). Lanes past
+// `count` compute zeros that are not written out.
+void coupling_16_maps(const float* __restrict x, const float* __restrict cond, int count,
+                      const Weights& w, const Shape& s, float* __restrict y,
+                      float* __restrict log_det, float* __restrict scratch) {
+  const int H = s.height, W = s.width, P = s.pixels(), C = s.channels, HID = s.hidden;
+  const int half = s.half(), cond_pixels = std::min(H, 3) * s.cond_width;
+  float* xl = scratch;                             // (P, C, 16)
+  float* cl = xl + (size_t)16 * s.map_size();      // (cond pixels, HID, 16)
+  float* h1 = cl + (size_t)16 * s.cond_size();     // (HID, 16): one pixel
+  float* h2 = h1 + (size_t)16 * HID;               // (P, HID, 16)
+  float* out = h2 + (size_t)16 * P * HID;          // (C, 16): one pixel
+  std::fill(xl, xl + (size_t)16 * (s.map_size() + s.cond_size()), 0.0f);
+  for (int l = 0; l < count; ++l) {
+    for (size_t e = 0; e < s.map_size(); ++e) xl[e * 16 + l] = x[l * s.map_size() + e];
+    for (size_t e = 0; e < s.cond_size(); ++e) cl[e * 16 + l] = cond[l * s.cond_size() + e];
+  }
+  auto inside = [&](int i, int j) { return i >= 0 && i < H && j >= 0 && j < W; };
+
+  for (int i = 0; i < H; ++i)
+    for (int j = 0; j < W; ++j) {
+      const float* cond_pixel = cl + (size_t)(small_index(i, H) * s.cond_width + small_index(j, W)) * HID * 16;
+      for (int k0 = 0; k0 < HID; k0 += 16) {  // first conv, 16 hidden channels at a time
+        v16 acc[16];
+        for (int b = 0; b < 16; ++b) acc[b] = load<v16>(cond_pixel + (k0 + b) * 16);
+        for (int tap = 0; tap < 9; ++tap) {
+          const int qi = i + tap / 3 - 1, qj = j + tap % 3 - 1;
+          if (!inside(qi, qj)) continue;  // zero padding
+          for (int c = 0; c < half; ++c) {
+            const v16 in = load<v16>(xl + ((size_t)(qi * W + qj) * C + c) * 16);
+            const float* weights = w.kx + (tap * half + c) * HID + k0;
+            for (int b = 0; b < 16; ++b) acc[b] += weights[b] * in;
+          }
+        }
+        for (int b = 0; b < 16; ++b) store(h1 + (k0 + b) * 16, relu<v16>(acc[b]));
+      }
+      float* h2_pixel = h2 + (size_t)(i * W + j) * HID * 16;
+      for (int k0 = 0; k0 < HID; k0 += 16) {  // 1x1 conv
+        v16 acc[16];
+        for (int b = 0; b < 16; ++b) acc[b] = splat<v16>(w.bmid[k0 + b]);
+        for (int k = 0; k < HID; ++k) {
+          const v16 in = load<v16>(h1 + k * 16);
+          for (int b = 0; b < 16; ++b) acc[b] += w.wmid[k * HID + k0 + b] * in;
+        }
+        for (int b = 0; b < 16; ++b) store(h2_pixel + (k0 + b) * 16, relu<v16>(acc[b]));
+      }
+    }
+
+  v16 log_det_lanes = splat<v16>(0.0f);
+  for (int i = 0; i < H; ++i)
+    for (int j = 0; j < W; ++j) {
+      const int p = i * W + j;
+      for (int c0 = 0; c0 < C; c0 += 8) {  // ZeroConv, 8 output channels at a time
+        v16 acc[8];
+        for (int b = 0; b < 8; ++b) acc[b] = splat<v16>(w.bz[c0 + b] + w.zero_padding[p * C + c0 + b]);
+        for (int tap = 0; tap < 9; ++tap) {
+          const int qi = i + tap / 3 - 1, qj = j + tap % 3 - 1;
+          if (!inside(qi, qj)) continue;
+          for (int k = 0; k < HID; ++k) {
+            const v16 in = load<v16>(h2 + ((size_t)(qi * W + qj) * HID + k) * 16);
+            const float* weights = w.kz + (tap * HID + k) * C + c0;
+            for (int b = 0; b < 8; ++b) acc[b] += weights[b] * in;
+          }
+        }
+        for (int b = 0; b < 8; ++b) store(out + (c0 + b) * 16, acc[b]);
+      }
+      for (int c = 0; c < half; ++c) {  // scale, shift, log-det along the lanes
+        float* raw = out + c * 16;
+        const float* shift = out + (half + c) * 16;
+        const float* xb = xl + ((size_t)p * C + half + c) * 16;
+        float scale[16], yb[16], log_scale[16];
+#pragma omp simd
+        for (int l = 0; l < 16; ++l) {
+          scale[l] = (1.0f - w.clamp) / (1.0f + expf(-(raw[l] + 2.0f))) + w.clamp;
+          log_scale[l] = logf(scale[l]);
+          yb[l] = (xb[l] + shift[l]) * scale[l];
+        }
+        log_det_lanes += load<v16>(log_scale);
+        for (int l = 0; l < count; ++l) {
+          y[l * s.map_size() + (size_t)p * C + c] = x[l * s.map_size() + (size_t)p * C + c];
+          y[l * s.map_size() + (size_t)p * C + half + c] = yb[l];
+        }
+      }
+    }
+  float lanes[16];
+  store(lanes, log_det_lanes);
+  for (int l = 0; l < count; ++l) log_det[l] = lanes[l];
+}
+
+// The ZeroConv's taps that fall on the padding (ones), summed per output pixel: (H*W, C).
+std::vector<float> zero_padding_terms(const float* kz, const Shape& s) {
+  std::vector<float> terms((size_t)s.pixels() * s.channels, 0.0f);
+  for (int i = 0; i < s.height; ++i)
+    for (int j = 0; j < s.width; ++j)
+      for (int tap = 0; tap < 9; ++tap) {
+        const int qi = i + tap / 3 - 1, qj = j + tap % 3 - 1;
+        if (qi >= 0 && qi < s.height && qj >= 0 && qj < s.width) continue;
+        for (int k = 0; k < s.hidden; ++k)
+          for (int c = 0; c < s.channels; ++c)
+            terms[(size_t)(i * s.width + j) * s.channels + c] += kz[(tap * s.hidden + k) * s.channels + c];
+      }
+  return terms;
+}
+
 using MapKernel = float (*)(const float*, const float*, const Weights&, const Shape&, float*, float*);
 
-// The kernel for a shape (widths 8, 16, 32 and 64, multiples of 4 channels and hidden
+// The kernel along rows for widths 8, 16, 32 and 64 (multiples of 4 channels and hidden
 // channels), or none.
-MapKernel kernel_for(int width, int channels, int hidden) {
+MapKernel row_kernel_for(int width, int channels, int hidden) {
   if (channels % 4 || hidden % 4) return nullptr;
   switch (width) {
     case 8: return coupling_one_map<v8, 1>;
@@ -199,6 +310,12 @@ MapKernel kernel_for(int width, int channels, int hidden) {
     case 64: return coupling_one_map<v16, 4>;
     default: return nullptr;
   }
+}
+
+// The maps as lanes for fields up to 8 pixels wide with multiples of 16 channels and hidden
+// channels (at the paper model's 8x8 level, 20-21 ms against 25-31 ms along rows for 225 maps).
+bool lanes_kernel_applies(const Shape& s) {
+  return s.width <= 8 && s.channels % 16 == 0 && s.hidden % 16 == 0;
 }
 
 ffi::Error CouplingForward(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> x, ffi::Buffer<ffi::F32> cond,
@@ -211,31 +328,44 @@ ffi::Error CouplingForward(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> x, ffi::B
     return ffi::Error::InvalidArgument("jglow_coupling_forward: x (N,H,W,C), cond (N,h,w,HID)");
   const int n_maps = xd[0];
   const Shape s{(int)xd[1], (int)xd[2], (int)xd[3], (int)cd[3], (int)cd[2]};
-  const MapKernel kernel = kernel_for(s.width, s.channels, s.hidden);
-  if (!kernel || cd[1] != std::min(s.height, 3) || cd[2] != std::min(s.width, 3))
+  const bool by_lanes = lanes_kernel_applies(s);
+  const MapKernel row_kernel = by_lanes ? nullptr : row_kernel_for(s.width, s.channels, s.hidden);
+  if ((!row_kernel && !by_lanes) || cd[1] != std::min(s.height, 3) || cd[2] != std::min(s.width, 3))
     return ffi::Error::InvalidArgument("jglow_coupling_forward: unsupported shape");
+  const std::vector<float> zero_padding =
+      by_lanes ? zero_padding_terms(kz.typed_data(), s) : std::vector<float>();
   const Weights w{kx.typed_data(), wmid.typed_data(), bmid.typed_data(), kz.typed_data(),
-                  bz.typed_data(), clamp};
+                  bz.typed_data(), clamp, zero_padding.data()};
   const bool weights_finite =
       all_finite(w.kx, kx.element_count()) && all_finite(w.wmid, wmid.element_count()) &&
       all_finite(w.bmid, bmid.element_count()) && all_finite(w.kz, kz.element_count()) &&
       all_finite(w.bz, bz.element_count()) && all_finite(&clamp, 1);
 
-  auto run_maps = [&](int begin, int end) {
+  // Blocks of maps: one map for the row kernel, 16 for the lanes kernel.
+  const int block = by_lanes ? 16 : 1, n_blocks = (n_maps + block - 1) / block;
+  auto run_blocks = [&](int begin, int end) {
     std::vector<float> scratch(s.scratch_floats());
-    for (int n = begin; n < end; ++n) {
-      const float* x_n = x.typed_data() + n * s.map_size();
-      const float* cond_n = cond.typed_data() + n * s.cond_size();
-      float* y_n = y->typed_data() + n * s.map_size();
-      if (weights_finite && all_finite(x_n, s.map_size()) && all_finite(cond_n, s.cond_size())) {
-        log_det->typed_data()[n] = kernel(x_n, cond_n, w, s, y_n, scratch.data());
+    for (int b = begin; b < end; ++b) {
+      const int first = b * block, count = std::min(block, n_maps - first);
+      const float* x_b = x.typed_data() + first * s.map_size();
+      const float* cond_b = cond.typed_data() + first * s.cond_size();
+      float* y_b = y->typed_data() + first * s.map_size();
+      float* log_det_b = log_det->typed_data() + first;
+      if (by_lanes) {
+        coupling_16_maps(x_b, cond_b, count, w, s, y_b, log_det_b, scratch.data());
       } else {
-        std::fill(y_n, y_n + s.map_size(), NAN);
-        log_det->typed_data()[n] = NAN;
+        log_det_b[0] = row_kernel(x_b, cond_b, w, s, y_b, scratch.data());
+      }
+      for (int n = 0; n < count; ++n) {  // a non-finite input or weight: NaN, as with XLA
+        if (weights_finite && all_finite(x_b + n * s.map_size(), s.map_size()) &&
+            all_finite(cond_b + n * s.cond_size(), s.cond_size()))
+          continue;
+        std::fill(y_b + n * s.map_size(), y_b + (n + 1) * s.map_size(), NAN);
+        log_det_b[n] = NAN;
       }
     }
   };
-  // The maps are split into as many parts as XLA has intra-op threads (one per core). The calling
+  // The blocks are split into as many parts as XLA has intra-op threads (one per core). The calling
   // thread and the pool's tasks claim parts until none is left, so the call finishes even if the
   // pool's threads are all busy (another kernel call waiting the same way): it never waits for a
   // part that no thread has started. A task that starts after the call has returned finds no part
@@ -243,11 +373,11 @@ ffi::Error CouplingForward(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> x, ffi::B
   struct Parts {
     std::atomic<int> next{0}, finished{0};
   };
-  const int parts = std::max<int64_t>(1, std::min<int64_t>(n_maps, pool.num_threads()));
+  const int parts = std::max<int64_t>(1, std::min<int64_t>(n_blocks, pool.num_threads()));
   auto counters = std::make_shared<Parts>();
-  auto claim_parts = [counters, parts, n_maps, &run_maps] {
+  auto claim_parts = [counters, parts, n_blocks, &run_blocks] {
     for (int p; (p = counters->next.fetch_add(1)) < parts;) {
-      run_maps(n_maps * p / parts, n_maps * (p + 1) / parts);
+      run_blocks(n_blocks * p / parts, n_blocks * (p + 1) / parts);
       counters->finished.fetch_add(1, std::memory_order_release);
     }
   };

@@ -12,9 +12,11 @@ The kernel is compiled on first use with the C++ compiler `$CXX` (default `g++`)
 version and the CPU's flags. Where that fails, a warning says why and the XLA version is used.
 `JGLOW_NATIVE_COUPLING=0` turns the kernel off.
 
-It applies to float32 maps on the CPU backend whose width is 8, 16, 32 or 64, with a multiple of
-4 channels and of 4 hidden channels: the paper model's 32×32, 16×16 and 8×8 levels. The coarser
-levels keep XLA's operations (a kernel along the channels for them was no faster).
+It applies to float32 maps on the CPU backend in two forms. Along rows of pixels, for maps 16,
+32 or 64 pixels wide (and 8, where the next form does not apply) with multiples of 4 channels and
+hidden channels: the paper model's 32×32 and 16×16 levels. With 16 maps as the vector lanes, for
+maps up to 8 pixels wide with multiples of 16 channels and hidden channels: its 8×8 level and
+all coarser ones.
 """
 
 import ctypes
@@ -39,14 +41,15 @@ CACHE_VARIABLE = "JGLOW_CACHE_DIR"
 COMPILE_FLAGS = ("-O3", "-march=native", "-ffast-math", "-fopenmp-simd", "-std=c++17",
                  "-shared", "-fPIC", "-w")
 LINK_FLAGS = ("-lmvec",)  # glibc's vector exp and log
-SUPPORTED_WIDTHS = (8, 16, 32, 64)
+ROW_WIDTHS = (8, 16, 32, 64)
 
 
 def applies(x, hidden: int) -> bool:
     """Whether `forward` runs the kernel for maps `x (N, H, W, C)` and `hidden` channels."""
     _, _, width, channels = x.shape
-    return (width in SUPPORTED_WIDTHS and channels % 4 == 0 and hidden % 4 == 0
-            and x.dtype == jnp.float32 and available())
+    along_rows = width in ROW_WIDTHS and channels % 4 == 0 and hidden % 4 == 0
+    maps_as_lanes = width <= 8 and channels % 16 == 0 and hidden % 16 == 0
+    return (along_rows or maps_as_lanes) and x.dtype == jnp.float32 and available()
 
 
 def available() -> bool:

@@ -35,11 +35,17 @@ def _coupling_inputs(n, height, width, channels, hidden, seed=0):
 
 
 SHAPES = [  # n, height, width, channels, hidden
+    # along rows of pixels
     (3, 16, 16, 4, 16),
     (2, 32, 32, 8, 8),
-    (3, 8, 8, 16, 16),   # as the paper model's 8×8 level
+    (2, 8, 8, 4, 8),     # as the tests' tiny models' first level
     (2, 5, 64, 4, 4),    # not square, width 64
     (1, 2, 16, 16, 4),   # fewer than 3 rows: the condition field has as many rows
+    # 16 maps as the vector lanes
+    (3, 8, 8, 16, 16),   # as the paper model's 8×8 level
+    (17, 2, 2, 64, 16),  # a full block of 16 maps and one more
+    (35, 1, 1, 128, 16),
+    (5, 3, 5, 32, 32),   # not square
 ]
 
 
@@ -63,14 +69,16 @@ def test_condition_batch_of_one_is_broadcast_over_the_maps():
     np.testing.assert_allclose(log_det, log_det_xla, rtol=1e-5)
 
 
-@pytest.mark.parametrize("width, channels, hidden", [(4, 4, 8), (24, 4, 8), (16, 6, 8), (16, 4, 6)])
+@pytest.mark.parametrize("width, channels, hidden", [
+    (4, 4, 8), (24, 4, 8), (16, 6, 8), (16, 4, 6), (4, 16, 8), (12, 16, 16)])
 def test_kernel_does_not_apply_to_other_shapes(width, channels, hidden):
     assert not native_coupling.applies(jnp.zeros((1, 16, width, channels)), hidden)
 
 
-def test_non_finite_input_gives_nan_for_that_map_only():
-    coupling, params, x, cond = _coupling_inputs(3, 16, 16, 4, 8)
-    x = x.at[1, 7, 3, 0].set(jnp.nan)
+@pytest.mark.parametrize("side, channels, hidden", [(16, 4, 8), (2, 32, 16)])
+def test_non_finite_input_gives_nan_for_that_map_only(side, channels, hidden):
+    coupling, params, x, cond = _coupling_inputs(3, side, side, channels, hidden)
+    x = x.at[1, side // 2, 1, 0].set(jnp.nan)
     y, log_det = coupling.forward(params, x, cond)
     y_xla, log_det_xla = coupling.forward_in_xla(params, x, cond)
     assert np.isnan(log_det[1]) and np.isnan(log_det_xla[1])
