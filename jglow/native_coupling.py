@@ -69,17 +69,41 @@ def forward(xla_forward, clamp: float, params, x, cond):
     out = params["out"]
     gain = jnp.exp(3.0 * out["log_gain"])
     cond = jnp.broadcast_to(cond, x.shape[:1] + cond.shape[1:])
-    call = jax.ffi.ffi_call(TARGET, (jax.ShapeDtypeStruct(x.shape, x.dtype),
-                                     jax.ShapeDtypeStruct(x.shape[:1], x.dtype)),
-                            vmap_method="sequential")
-    return call(x, cond, params["kernel_x"], params["middle"]["kernel"][0, 0],
-                params["middle"]["bias"], out["zero_kernel"] * gain, out["zero_bias"] * gain,
-                clamp=np.float32(clamp))
+    return _kernel_call(float(clamp))(x, cond, params["kernel_x"], params["middle"]["kernel"][0, 0],
+                                      params["middle"]["bias"], out["zero_kernel"] * gain,
+                                      out["zero_bias"] * gain)
 
 
 @forward.defjvp
 def _forward_jvp(xla_forward, clamp, primals, tangents):
     return jax.jvp(xla_forward, primals, tangents)
+
+
+@functools.cache
+def _kernel_call(clamp: float):
+    """`call(x, cond, kx, wmid, bmid, kz, bz) -> (y, log_det)`, the FFI call for one `clamp`.
+
+    Under `vmap` with the weights unbatched (a grid posterior's maps), the mapped axis is merged
+    into the maps' axis and the kernel is called once; batched weights fall back to one call
+    per element (`lax.map`).
+    """
+    @jax.custom_batching.custom_vmap
+    def call(x, cond, *weights):
+        shapes = (jax.ShapeDtypeStruct(x.shape, x.dtype), jax.ShapeDtypeStruct(x.shape[:1], x.dtype))
+        return jax.ffi.ffi_call(TARGET, shapes)(x, cond, *weights, clamp=np.float32(clamp))
+
+    @call.def_vmap
+    def _batched(axis_size, in_batched, *args):
+        def along_axis(a, batched):
+            return a if batched else jnp.broadcast_to(a, (axis_size, *a.shape))
+
+        if any(in_batched[2:]):
+            return jax.lax.map(lambda row: call(*row), tuple(map(along_axis, args, in_batched))), (True, True)
+        x, cond = map(along_axis, args[:2], in_batched[:2])
+        y, log_det = call(x.reshape(-1, *x.shape[2:]), cond.reshape(-1, *cond.shape[2:]), *args[2:])
+        return (y.reshape(x.shape), log_det.reshape(x.shape[:2])), (True, True)
+
+    return call
 
 
 @functools.cache

@@ -108,6 +108,22 @@ def test_derivatives_and_vmap_are_those_of_the_xla_coupling():
         np.testing.assert_array_equal(batched[0][n], single[0])
         np.testing.assert_array_equal(batched[1][n], single[1])
 
+    # maps shared, conditions mapped (a grid posterior): one kernel call on the merged axis
+    shared_map = jax.vmap(coupling.forward, in_axes=(None, None, 0))(params, x, cond[:, None])
+    for n in range(2):
+        single = coupling.forward(params, x, jnp.broadcast_to(cond[n:n + 1], cond.shape))
+        np.testing.assert_array_equal(shared_map[0][n], single[0])
+        np.testing.assert_array_equal(shared_map[1][n], single[1])
+
+    # weights mapped too (stacked couplings): one kernel call per element
+    _, other_params, _, _ = _coupling_inputs(2, 16, 16, 4, 8, seed=5)
+    stacked = jax.tree_util.tree_map(lambda a, b: jnp.stack([a, b]), params, other_params)
+    per_element = jax.vmap(coupling.forward, in_axes=(0, None, None))(stacked, x, cond)
+    for n, p in enumerate((params, other_params)):
+        single = coupling.forward(p, x, cond)
+        np.testing.assert_array_equal(per_element[0][n], single[0])
+        np.testing.assert_array_equal(per_element[1][n], single[1])
+
 
 def test_model_log_prob_is_the_same_with_and_without_the_kernel(monkeypatch):
     config = jglow.GlowConfig(image_shape=(32, 32, 1), levels=2, steps=2, hidden=8, cond_hidden=8)
