@@ -7,11 +7,13 @@
 //   scale = (1 - clamp) * sigmoid(out[:half] + 2) + clamp,  shift = out[half:]
 //   y = concat(xa, (xb + shift) * scale),  log_det = sum log scale
 // XLA runs these as a dozen passes over arrays of 2-36 channels; here each map's intermediate
-// values stay in cache, and the arithmetic runs along rows of pixels (16 to a vector register, 8
-// for 8-pixel-wide maps), 4 output channels at a time. The maps are split over XLA's threads.
+// values stay in cache. Two forms (the maps are split over XLA's threads in either):
+// - along rows of pixels (coupling_one_map), 16 to a vector register (8 for 8-wide maps), 4
+//   output channels at a time: W one of 8, 16, 32, 64, C and HID multiples of 4;
+// - 16 maps as the vector lanes (coupling_16_maps), for W <= 8 with C and HID multiples of 16
+//   (preferred there).
 //
-// Shapes: x, y (N, H, W, C) with W one of 8, 16, 32, 64 and C a multiple of 4;
-// cond (N, min(H, 3), min(W, 3), HID) with HID a multiple of 4; kx (3, 3, C/2, HID);
+// Shapes: x, y (N, H, W, C); cond (N, min(H, 3), min(W, 3), HID); kx (3, 3, C/2, HID);
 // wmid (HID, HID); bmid (HID); kz (3, 3, HID, C); bz (C); log_det (N). float32 throughout.
 // A map whose input, condition field or weights hold a non-finite value gets NaN outputs.
 
