@@ -89,7 +89,8 @@ def _kernel_call(clamp: float):
     """
     @jax.custom_batching.custom_vmap
     def call(x, cond, *weights):
-        shapes = (jax.ShapeDtypeStruct(x.shape, x.dtype), jax.ShapeDtypeStruct(x.shape[:1], x.dtype))
+        shapes = (jax.ShapeDtypeStruct(x.shape, x.dtype),
+                  jax.ShapeDtypeStruct(x.shape[:1], x.dtype))
         return jax.ffi.ffi_call(TARGET, shapes)(x, cond, *weights, clamp=np.float32(clamp))
 
     @call.def_vmap
@@ -98,7 +99,8 @@ def _kernel_call(clamp: float):
             return a if batched else jnp.broadcast_to(a, (axis_size, *a.shape))
 
         if any(in_batched[2:]):
-            return jax.lax.map(lambda row: call(*row), tuple(map(along_axis, args, in_batched))), (True, True)
+            rows = tuple(map(along_axis, args, in_batched))
+            return jax.lax.map(lambda row: call(*row), rows), (True, True)
         x, cond = map(along_axis, args[:2], in_batched[:2])
         y, log_det = call(x.reshape(-1, *x.shape[2:]), cond.reshape(-1, *cond.shape[2:]), *args[2:])
         return (y.reshape(x.shape), log_det.reshape(x.shape[:2])), (True, True)

@@ -53,8 +53,8 @@ class ConditionalCoupling:
         return scale, shift
 
     def forward(self, params, x, cond):
-        """`(y, log_det)`; on the CPU, by the fused kernel where it applies (`jglow.native_coupling`;
-        same values, derivatives from `forward_in_xla`)."""
+        """`(y, log_det)`; on the CPU, by the fused kernel where it applies
+        (`jglow.native_coupling`: the same values, derivatives from `forward_in_xla`)."""
         if native_coupling.applies(x, self.hidden):
             return native_coupling.forward(self.forward_in_xla, self.clamp, params, x, cond)
         return self.forward_in_xla(params, x, cond)
