@@ -54,6 +54,11 @@ inline int small_index(int pos, int side) {
   return pos == 0 ? 0 : (pos == side - 1 ? 2 : 1);
 }
 
+// The coupling's scale from its raw output: (1 - clamp) * sigmoid(raw + 2) + clamp.
+inline float coupling_scale(float raw, float clamp) {
+  return (1.0f - clamp) / (1.0f + expf(-(raw + 2.0f))) + clamp;
+}
+
 // Whether every value is finite, by the bits (the kernel is compiled with -ffast-math, under
 // which std::isfinite may be assumed true).
 bool all_finite(const float* values, size_t count) {
@@ -95,6 +100,11 @@ struct Shape {
     return std::max(rows, lanes);
   }
 };
+
+// Whether pixel (i, j) lies inside the map (a tap outside it reads the padding).
+inline bool inside_map(int i, int j, const Shape& s) {
+  return i >= 0 && i < s.height && j >= 0 && j < s.width;
+}
 
 struct Weights {
   const float *kx, *wmid, *bmid, *kz, *bz;
@@ -180,7 +190,7 @@ float coupling_one_map(const float* __restrict x, const float* __restrict cond, 
     float* scale = out + (size_t)c * pixels;
 #pragma omp simd reduction(+ : log_det)
     for (int p = 0; p < pixels; ++p) {
-      scale[p] = (1.0f - w.clamp) / (1.0f + expf(-(scale[p] + 2.0f))) + w.clamp;
+      scale[p] = coupling_scale(scale[p], w.clamp);
       log_det += logf(scale[p]);
     }
   }
@@ -201,7 +211,7 @@ void coupling_16_maps(const float* __restrict x, const float* __restrict cond, i
                       const Weights& w, const Shape& s, float* __restrict y,
                       float* __restrict log_det, float* __restrict scratch) {
   const int H = s.height, W = s.width, P = s.pixels(), C = s.channels, HID = s.hidden;
-  const int half = s.half(), cond_pixels = std::min(H, 3) * s.cond_width;
+  const int half = s.half();
   float* xl = scratch;                             // (P, C, 16)
   float* cl = xl + (size_t)16 * s.map_size();      // (cond pixels, HID, 16)
   float* h1 = cl + (size_t)16 * s.cond_size();     // (HID, 16): one pixel
@@ -212,8 +222,6 @@ void coupling_16_maps(const float* __restrict x, const float* __restrict cond, i
     for (size_t e = 0; e < s.map_size(); ++e) xl[e * 16 + l] = x[l * s.map_size() + e];
     for (size_t e = 0; e < s.cond_size(); ++e) cl[e * 16 + l] = cond[l * s.cond_size() + e];
   }
-  auto inside = [&](int i, int j) { return i >= 0 && i < H && j >= 0 && j < W; };
-
   for (int i = 0; i < H; ++i)
     for (int j = 0; j < W; ++j) {
       const float* cond_pixel = cl + (size_t)(small_index(i, H) * s.cond_width + small_index(j, W)) * HID * 16;
@@ -222,7 +230,7 @@ void coupling_16_maps(const float* __restrict x, const float* __restrict cond, i
         for (int b = 0; b < 16; ++b) acc[b] = load<v16>(cond_pixel + (k0 + b) * 16);
         for (int tap = 0; tap < 9; ++tap) {
           const int qi = i + tap / 3 - 1, qj = j + tap % 3 - 1;
-          if (!inside(qi, qj)) continue;  // zero padding
+          if (!inside_map(qi, qj, s)) continue;  // zero padding
           for (int c = 0; c < half; ++c) {
             const v16 in = load<v16>(xl + ((size_t)(qi * W + qj) * C + c) * 16);
             const float* weights = w.kx + (tap * half + c) * HID + k0;
@@ -252,7 +260,7 @@ void coupling_16_maps(const float* __restrict x, const float* __restrict cond, i
         for (int b = 0; b < 8; ++b) acc[b] = splat<v16>(w.bz[c0 + b] + w.zero_padding[p * C + c0 + b]);
         for (int tap = 0; tap < 9; ++tap) {
           const int qi = i + tap / 3 - 1, qj = j + tap % 3 - 1;
-          if (!inside(qi, qj)) continue;
+          if (!inside_map(qi, qj, s)) continue;
           for (int k = 0; k < HID; ++k) {
             const v16 in = load<v16>(h2 + ((size_t)(qi * W + qj) * HID + k) * 16);
             const float* weights = w.kz + (tap * HID + k) * C + c0;
@@ -262,13 +270,13 @@ void coupling_16_maps(const float* __restrict x, const float* __restrict cond, i
         for (int b = 0; b < 8; ++b) store(out + (c0 + b) * 16, acc[b]);
       }
       for (int c = 0; c < half; ++c) {  // scale, shift, log-det along the lanes
-        float* raw = out + c * 16;
+        const float* raw = out + c * 16;
         const float* shift = out + (half + c) * 16;
         const float* xb = xl + ((size_t)p * C + half + c) * 16;
         float scale[16], yb[16], log_scale[16];
 #pragma omp simd
         for (int l = 0; l < 16; ++l) {
-          scale[l] = (1.0f - w.clamp) / (1.0f + expf(-(raw[l] + 2.0f))) + w.clamp;
+          scale[l] = coupling_scale(raw[l], w.clamp);
           log_scale[l] = logf(scale[l]);
           yb[l] = (xb[l] + shift[l]) * scale[l];
         }
@@ -291,7 +299,7 @@ std::vector<float> zero_padding_terms(const float* kz, const Shape& s) {
     for (int j = 0; j < s.width; ++j)
       for (int tap = 0; tap < 9; ++tap) {
         const int qi = i + tap / 3 - 1, qj = j + tap % 3 - 1;
-        if (qi >= 0 && qi < s.height && qj >= 0 && qj < s.width) continue;
+        if (inside_map(qi, qj, s)) continue;
         for (int k = 0; k < s.hidden; ++k)
           for (int c = 0; c < s.channels; ++c)
             terms[(size_t)(i * s.width + j) * s.channels + c] += kz[(tap * s.hidden + k) * s.channels + c];

@@ -37,7 +37,7 @@ blocks (`jglow.compilation`)."""
 
 def evaluations_per_chunk() -> int:
     """The most (map, condition) pairs per chunk by default: more when the fused coupling kernel is
-    available (on the CPU; it runs the couplings of maps 8–64 pixels wide)."""
+    available (on the CPU)."""
     return FUSED_EVALUATIONS_PER_CHUNK if native_coupling.available() else XLA_EVALUATIONS_PER_CHUNK
 
 
