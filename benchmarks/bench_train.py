@@ -74,7 +74,7 @@ def measure_jglow(preset, batch, steps, remat):
     params = jglow.init(jax.random.key(0), config.model, x[:2], z[:2])
     state = parallel.replicate(mesh, init_state(config, params, jax.random.key(1)))
     xs, zs = parallel.global_batch(mesh, x, z)
-    compile_s, step = common.compile_seconds(compiled_functions(config, mesh)["step"],
+    compile_s, step = common.compile_seconds(compiled_functions(config, mesh, steps)["step"],
                                              state, xs, zs)
     rss_compiled, peak_compile = _memory_mb("VmRSS"), _memory_mb("VmHWM")
     memory.release_freed_memory()  # as the trainer does after its first step

@@ -3,13 +3,22 @@
 from jglow.config import GlowConfig
 
 
-def check_params(params):
-    """The first argument of the model functions must be a `GlowParams` from `jglow.init`/`jglow.load`."""
-    from jglow.model import GlowParams  # local import: model imports this module
+def check_params(params, ensembles: bool = False):
+    """The first argument of the model functions must be a `GlowParams` from `jglow.init` or
+    `jglow.load`; with `ensembles`, an `EnsembleParams` (`jglow.ensemble`) is accepted too."""
+    from jglow.ensemble import EnsembleParams  # local imports: both modules import this one
+    from jglow.model import GlowParams
 
-    if not isinstance(params, GlowParams):
-        raise TypeError(f"params must be the GlowParams returned by jglow.init or jglow.load, "
-                        f"got {type(params).__name__}")
+    if isinstance(params, GlowParams) or (ensembles and isinstance(params, EnsembleParams)):
+        return
+    if isinstance(params, EnsembleParams):
+        raise TypeError("params is an EnsembleParams (a mixture of models) but this function "
+                        "takes one model's GlowParams; jglow.log_prob, jglow.sample and "
+                        "jglow.posterior take an ensemble, jglow.ensemble.member(params, k) "
+                        "is one member")
+    expected = "GlowParams or EnsembleParams" if ensembles else "GlowParams"
+    raise TypeError(f"params must be the {expected} returned by jglow.init or jglow.load, "
+                    f"got {type(params).__name__}")
 
 
 def check_maps(config: GlowConfig, x, name: str = "x") -> int:

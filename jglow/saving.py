@@ -11,6 +11,12 @@ Layout of a model directory (also the root of every training workdir, so
 Both files are written to temporary names and renamed, `params.npz` first; the checksum in
 `model.json` makes a pair torn by a crash between the two renames an error, not a silent
 mismatch. The round trip is bit-exact.
+
+An ensemble directory (`jglow.ensemble`; also the workdir of `python -m train.ensemble`) holds
+`ensemble.json`, `{"format": "jglow-ensemble", "version": 1, "members": [paths]}`, the members'
+model directories relative to it, written by `save_ensemble`. `load` of such a directory returns
+a `TrainedModel` whose params are an `EnsembleParams`; the members must share their config and
+preprocessing.
 """
 
 from __future__ import annotations
@@ -25,6 +31,7 @@ from typing import NamedTuple
 import jax
 import numpy as np
 
+from jglow import ensemble
 from jglow.config import GlowConfig
 from jglow.data.preprocessing import Preprocessing
 from jglow.model import GlowParams, init
@@ -33,6 +40,9 @@ FORMAT = "jglow-model"
 VERSION = 1
 CONFIG_FILE = "model.json"
 PARAMS_FILE = "params.npz"
+ENSEMBLE_FORMAT = "jglow-ensemble"
+ENSEMBLE_VERSION = 1
+ENSEMBLE_FILE = "ensemble.json"
 
 
 class TrainedModel(NamedTuple):
@@ -40,7 +50,8 @@ class TrainedModel(NamedTuple):
 
     Attributes:
       config: the `GlowConfig` (equal to `params.config`).
-      params: `GlowParams` for `jglow.log_prob`, `jglow.sample`, ...
+      params: `GlowParams` for `jglow.log_prob`, `jglow.sample`, ..., or the `EnsembleParams`
+        of an ensemble directory.
       preprocessing: the fitted `jglow.data.Preprocessing` between raw maps / physical
         parameters and the model-space `x`, `z`.
     """
@@ -81,6 +92,10 @@ def save(path, model: TrainedModel) -> None:
         raise TypeError(f"model must be a jglow.TrainedModel(config, params, preprocessing), "
                         f"got {type(model).__name__}")
     config, params, preprocessing = model
+    if isinstance(params, ensemble.EnsembleParams):
+        raise TypeError("jglow.save writes one model; an ensemble is its members' model "
+                        "directories (each jglow.save'd) listed by "
+                        "jglow.save_ensemble(path, member_dirs)")
     if not isinstance(params, GlowParams) or not isinstance(preprocessing, Preprocessing):
         raise TypeError(f"expected TrainedModel(GlowConfig, GlowParams, Preprocessing), got "
                         f"({type(config).__name__}, {type(params).__name__}, "
@@ -125,19 +140,9 @@ def _template(config: GlowConfig) -> GlowParams:
     return init(jax.random.key(0), config, x, z)
 
 
-def load(path) -> TrainedModel:
-    """Read the `TrainedModel` saved in the directory `path` (or a training workdir).
-
-    Raises:
-      FileNotFoundError: `path` lacks `model.json` or `params.npz`.
-      ValueError: unknown format, a checksum mismatch, or leaves whose names or shapes do
-        not match the configuration (naming the first difference).
-    """
-    directory = pathlib.Path(path)
-    record = _read_record(directory)
-    config = GlowConfig(**record["config"])
-    preprocessing = Preprocessing.from_dict(record["preprocessing"])
-    template = _template(config)
+def _read_params(directory: pathlib.Path, template: GlowParams) -> GlowParams:
+    """The parameters in `directory/params.npz`, checked against the structure of `template`."""
+    config = template.config
     expected = _leaves_by_name(template)
     with np.load(directory / PARAMS_FILE) as stored:
         arrays = {name: stored[name] for name in stored.files}
@@ -152,5 +157,87 @@ def load(path) -> TrainedModel:
                              f"{want.shape} {want.dtype}")
     flat, treedef = jax.tree_util.tree_flatten_with_path(template)
     leaves = [jax.numpy.asarray(arrays[jax.tree_util.keystr(p)]) for p, _ in flat]
-    params = jax.tree_util.tree_unflatten(treedef, leaves)
-    return TrainedModel(config, params, preprocessing)
+    return jax.tree_util.tree_unflatten(treedef, leaves)
+
+
+def _check_members_agree(member_dirs, records) -> None:
+    """Every member's config and preprocessing must equal member 0's (`model.json` records)."""
+    for directory, record in zip(member_dirs[1:], records[1:]):
+        for key in ("config", "preprocessing"):
+            if record[key] != records[0][key]:
+                differences = ensemble.field_differences(records[0][key], record[key])
+                raise ValueError(f"ensemble member {directory} has another {key} than member "
+                                 f"{member_dirs[0]} ({differences}); the members of an "
+                                 f"ensemble must share their config and preprocessing")
+
+
+def _member_dirs(directory: pathlib.Path) -> list:
+    """The member directories listed by `directory/ensemble.json`, checked."""
+    path = directory / ENSEMBLE_FILE
+    record = json.loads(path.read_text())
+    if record.get("format") != ENSEMBLE_FORMAT or record.get("version") != ENSEMBLE_VERSION:
+        raise ValueError(f"{path}: format {record.get('format')!r} version "
+                         f"{record.get('version')!r}, expected {ENSEMBLE_FORMAT!r} version "
+                         f"{ENSEMBLE_VERSION}")
+    members = record.get("members")
+    if not isinstance(members, list) or not members or not all(
+            isinstance(m, str) for m in members):
+        raise ValueError(f"{path}: members {members!r}, expected a non-empty list of member "
+                         f"directories relative to {directory}")
+    return [directory / m for m in members]
+
+
+def _load_ensemble(directory: pathlib.Path) -> TrainedModel:
+    member_dirs = _member_dirs(directory)
+    records = [_read_record(d) for d in member_dirs]
+    _check_members_agree(member_dirs, records)
+    config = GlowConfig(**records[0]["config"])
+    template = _template(config)
+    params = ensemble.stack([_read_params(d, template) for d in member_dirs])
+    return TrainedModel(config, params, Preprocessing.from_dict(records[0]["preprocessing"]))
+
+
+def load(path) -> TrainedModel:
+    """Read the `TrainedModel` saved in the directory `path` (or a training workdir).
+
+    A directory holding `ensemble.json` gives the ensemble of its members (`EnsembleParams`).
+
+    Raises:
+      FileNotFoundError: `path` (or a member) lacks `model.json` or `params.npz`.
+      ValueError: unknown format, a checksum mismatch, leaves whose names or shapes do not
+        match the configuration (naming the first difference), or ensemble members whose
+        config or preprocessing differ (naming the first differing member and the fields).
+    """
+    directory = pathlib.Path(path)
+    if (directory / ENSEMBLE_FILE).is_file():
+        return _load_ensemble(directory)
+    record = _read_record(directory)
+    config = GlowConfig(**record["config"])
+    params = _read_params(directory, _template(config))
+    return TrainedModel(config, params, Preprocessing.from_dict(record["preprocessing"]))
+
+
+def save_ensemble(path, member_dirs) -> None:
+    """Write `path/ensemble.json` (atomically; `path` created if needed) listing `member_dirs`.
+
+    `member_dirs`: a non-empty sequence of model directories (`jglow.save`, training workdirs),
+    recorded relative to `path`; `jglow.load(path)` then reads the ensemble.
+
+    Raises:
+      FileNotFoundError: a member lacks `model.json` or `params.npz`.
+      ValueError: no members, a member torn or of another format, or members whose config or
+        preprocessing differ (naming the first differing member and the fields).
+    """
+    directory = pathlib.Path(path)
+    if isinstance(member_dirs, (str, os.PathLike)):
+        raise TypeError(f"member_dirs must be a sequence of model directories, got the single "
+                        f"path {member_dirs!r}")
+    member_dirs = [pathlib.Path(d) for d in member_dirs]
+    if not member_dirs:
+        raise ValueError("an ensemble needs at least one member directory; got none")
+    _check_members_agree(member_dirs, [_read_record(d) for d in member_dirs])
+    directory.mkdir(parents=True, exist_ok=True)
+    members = [pathlib.Path(os.path.relpath(d, directory)).as_posix() for d in member_dirs]
+    record = {"format": ENSEMBLE_FORMAT, "version": ENSEMBLE_VERSION, "members": members}
+    _replace_atomically(directory / ENSEMBLE_FILE,
+                        lambda handle: handle.write(json.dumps(record, indent=2).encode()))

@@ -2,6 +2,7 @@
 
 import json
 import math
+import shutil
 
 import jax
 import jax.numpy as jnp
@@ -12,7 +13,7 @@ from helpers import adam_steps
 import jglow
 from jglow import stats
 from jglow.saving import TrainedModel
-from train import checkpoints, evaluate
+from train import checkpoints, evaluate, report
 from train.config import build_parser, config_from_args
 from train.data import prepare
 
@@ -173,6 +174,53 @@ def test_the_report_numbers_agree_with_their_definitions(evaluated):
         coverage = report["inference"][name]["coverage"]
         assert 0.0 <= coverage["0.68"]["empirical"] <= coverage["0.95"]["empirical"] <= 1.0
     assert f"{likelihood['gap_bits_per_dim']:.3g}" in markdown
+    inference = report["inference"]
+    assert inference["grid_shape"] == [4, 4] and inference["zoom"]["coarse_shape"] == [2, 2]
+    for name in ("model", "exact"):
+        entry = inference[name]
+        curve = entry["expected_coverage"]
+        levels, empirical = np.array(curve["levels"]), np.array(curve["empirical"])
+        assert entry["max_deviation"] == pytest.approx(np.max(np.abs(empirical - levels)))
+        assert entry["inside_band"] == bool(np.all((curve["band_low"] <= empirical)
+                                                   & (empirical <= np.array(curve["band_high"]))))
+        assert empirical[68] == entry["coverage"]["0.68"]["empirical"]
+        assert all(sum(c) == 6 for c in entry["rank_histograms"]["counts"].values())
+        assert f"{entry['max_deviation']:.3g}" in markdown
+
+
+def test_the_measured_calibration_is_in_the_headline_and_what_infer_prints(evaluated, workdir,
+                                                                           tmp_path):
+    _, data, markdown, out = evaluated
+    model = data["inference"]["model"]
+    c68, c95 = model["coverage"]["0.68"], model["coverage"]["0.95"]
+    line = (f"calibration on held-out data (6 maps, this evaluation): 68% HPD coverage "
+            f"{c68['empirical']:.2f} [{c68['interval'][0]:.2f}, {c68['interval'][1]:.2f}], 95% "
+            f"{c95['empirical']:.2f} [{c95['interval'][0]:.2f}, {c95['interval'][1]:.2f}], max "
+            f"deviation of the expected-coverage curve {model['max_deviation']:.3f}")
+    assert line in report.headline(data).splitlines() and line in markdown
+    assert "exact likelihood on held-out data (6 maps, this evaluation)" in markdown
+    expected_warnings = not (c68["is_nominal"] and c95["is_nominal"] and model["inside_band"])
+    assert bool(report.warnings_of(data)) == expected_warnings
+    record = json.loads((workdir / "model.json").read_text())
+    assert data["params_sha256"] == record["params_sha256"]
+    # train.infer reads WORKDIR/evaluation/report.json: the same line, its path as the source
+    (tmp_path / "evaluation").mkdir()
+    shutil.copy(out / "report.json", tmp_path / "evaluation" / "report.json")
+    shutil.copy(workdir / "model.json", tmp_path / "model.json")
+    lines, warnings = report.held_out_calibration(tmp_path)
+    source = str(tmp_path / "evaluation" / "report.json")
+    assert lines[0] == line.replace("this evaluation", source) and len(lines) == 2
+    assert len(warnings) == len(report.warnings_of(data))
+    assert report.held_out_calibration(tmp_path / "elsewhere") == (
+        [f"no held-out calibration yet: run python -m train.evaluate --model "
+         f"{tmp_path / 'elsewhere'}"], [])
+
+
+def test_zoom_is_the_default_and_its_switch_is_reproduced():
+    assert evaluate.parse_args(["--model", "w"]).zoom
+    options = evaluate.parse_args(["--model", "w", "--no-zoom", "--grid", "2"])
+    assert not options.zoom
+    assert evaluate.command_line(options) == "python -m train.evaluate --model w --grid 2 --no-zoom"
 
 
 def test_missing_workdir_and_unknown_data_are_refused_with_their_names(workdir, tmp_path, capsys):
@@ -185,6 +233,8 @@ def test_missing_workdir_and_unknown_data_are_refused_with_their_names(workdir, 
     assert "nowhere.npy" in error and "expected 'synthetic'" in error
     assert evaluate.main(["--model", str(workdir), "--samples-per-sim", "1"]) == 2
     assert "--samples-per-sim 1: expected an integer >= 2" in capsys.readouterr().err
+    assert evaluate.main(["--model", str(workdir), "--grid", "2"]) == 2
+    assert "--grid 2: expected an integer >= 3" in capsys.readouterr().err
     model_only = tmp_path / "model_only"
     jglow.save(model_only, jglow.load(workdir))
     assert evaluate.main(["--model", str(model_only), *FAST]) == 2

@@ -1,5 +1,5 @@
 """The posterior over (Ωm, σ8): grid likelihoods, grid posteriors, gradient MAP and sampler,
-calibration (issue 5)."""
+calibration."""
 
 import jax
 import jax.numpy as jnp
@@ -78,7 +78,8 @@ def test_model_likelihood_of_raw_maps_adds_the_preprocessing_jacobian(setup, loo
     (lambda x, zs: (x.at[1, 3, 4, 0].set(jnp.nan), zs), r"x: map 1 has the non-finite value nan"),
     (lambda x, zs: (x[:, :8], zs), r"x must have shape \(16, 16, 1\).*got \(3, 8, 16, 1\)"),
     (lambda x, zs: (x, zs[:, :1]), r"zs must have shape \(M, 2\).*got \(12, 1\)"),
-    (lambda x, zs: (x, jnp.concatenate([zs, zs[:, :1]], 1)), r"zs must have shape \(M, 2\).*got \(12, 3\)"),
+    (lambda x, zs: (x, jnp.concatenate([zs, zs[:, :1]], 1)),
+     r"zs must have shape \(M, 2\).*got \(12, 3\)"),
     (lambda x, zs: (x, zs[:0]), r"zs is empty \(shape \(0, 2\)\)"),
     (lambda x, zs: (x, zs.at[4, 1].set(jnp.inf)), r"zs: point 4 has the non-finite value inf"),
 ])
@@ -130,7 +131,7 @@ def sharp_map():
 
 @pytest.fixture(scope="module")
 def fine_posterior(sharp_map):
-    return posterior.grid_posterior(EXACT, sharp_map, grid=60)
+    return posterior.grid_posterior(EXACT, sharp_map, grid=60, truth=TRUTH)
 
 
 def test_grid_posterior_is_normalised_and_its_summaries_are_consistent(fine_posterior):
@@ -148,7 +149,8 @@ def test_grid_posterior_is_normalised_and_its_summaries_are_consistent(fine_post
         assert post.probability[mask].sum() - post.probability[mask].min() < level
         assert post.density[mask].min() >= post.density[~mask].max()
     assert post.map_estimate == pytest.approx(
-        [axis[i] for axis, i in zip(post.axes, np.unravel_index(post.probability.argmax(), (60, 60)))])
+        [axis[i] for axis, i in zip(post.axes,
+                                    np.unravel_index(post.probability.argmax(), (60, 60)))])
     assert not post.outside_box and post.mass_outside_box == 0.0 and post.n_nonfinite == 0
 
 
@@ -157,11 +159,15 @@ def test_exact_likelihood_posterior_recovers_the_truth(fine_posterior):
     assert np.all(np.abs(post.mean - TRUTH) < 3 * post.std)
     assert post.std[1] < 0.05  # σ8 is measured, not just the prior
     assert post.covers(TRUTH, 0.95)
+    # 60 points resolve this posterior: the level at the truth is close to its cell's
+    assert post.cells_per_std.min() > 3
+    assert abs(post.credibility() - post.cell_credibility(TRUTH)) < 0.05
 
 
 def test_exact_likelihood_coverage_is_nominal_within_binomial_bounds():
     held_out = synthetic_maps(300, 1, size=16, seed=3)
-    posteriors = posterior.grid_posteriors(EXACT, held_out.maps, grid=40, map_batch=300)
+    posteriors = posterior.grid_posteriors(EXACT, held_out.maps, grid=40, map_batch=300,
+                                           truths=held_out.params)
     calibration = posterior.calibrate(posteriors, held_out.params)
     for level in posterior.LEVELS:
         low, high = calibration.interval(level, confidence=0.99)
@@ -171,8 +177,9 @@ def test_exact_likelihood_coverage_is_nominal_within_binomial_bounds():
     assert summary["credibility_ks_pvalue"] > 1e-3
     # The check has power: an overconfident posterior (likelihood to the 4th power) fails it.
     overconfident = posterior.grid_posteriors(lambda maps, th: 4.0 * EXACT(maps, th),
-                                              held_out.maps[:100], grid=40, map_batch=100)
-    bad = posterior.calibrate(overconfident, held_out.params[:100])
+                                              held_out.maps[:100], grid=40, map_batch=100,
+                                              truths=held_out.params[:100])
+    bad = posterior.calibrate(overconfident)
     assert all(bad.coverage(a) < bad.interval(a)[0] for a in posterior.LEVELS), bad.summary()
 
 
@@ -186,7 +193,8 @@ def test_non_finite_likelihoods_are_counted_and_given_no_mass(sharp_map):
     assert np.all(post.probability[bad] == 0) and post.probability.sum() == pytest.approx(1.0)
     assert post.summary()["n_nonfinite"] == post.n_nonfinite
     with pytest.raises(ValueError, match=r"no grid point has a finite log-likelihood.*400 of 400"):
-        posterior.grid_posterior(lambda maps, th: jnp.full((1, th.shape[0]), jnp.nan), sharp_map, grid=20)
+        posterior.grid_posterior(lambda maps, th: jnp.full((1, th.shape[0]), jnp.nan),
+                                 sharp_map, grid=20)
 
 
 def test_grids_outside_the_box_are_flagged_and_priors_apply(sharp_map):
@@ -203,10 +211,12 @@ def test_grids_outside_the_box_are_flagged_and_priors_apply(sharp_map):
 @pytest.mark.parametrize("grid, message", [
     ((np.linspace(0.1, 0.5, 5),), r"the grid has 1 axes; expected 2"),
     ((np.linspace(0.1, 0.5, 5),) * 3, r"the grid has 3 axes; expected 2"),
-    ((np.array([]), np.linspace(0.6, 1.0, 5)), r"grid axis Omega_m has shape \(0,\); expected a 1-D array of at least 2"),
+    ((np.array([]), np.linspace(0.6, 1.0, 5)),
+     r"grid axis Omega_m has shape \(0,\); expected a 1-D array of at least 2"),
     (0, r"grid = \(0, 0\): expected 2 point counts"),
     ((30, 30, 30), r"grid = \(30, 30, 30\): expected 2 point counts"),
-    ((np.linspace(0.1, 0.5, 5), np.linspace(1.0, 0.6, 5)), r"grid axis sigma_8 = .* strictly increasing"),
+    ((np.linspace(0.1, 0.5, 5), np.linspace(1.0, 0.6, 5)),
+     r"grid axis sigma_8 = .* strictly increasing"),
 ])
 def test_bad_grids_raise_naming_the_grid(sharp_map, grid, message):
     with pytest.raises(ValueError, match=message):
@@ -244,7 +254,8 @@ def test_sampler_mean_and_std_agree_with_the_grid_posterior(sharp_map, fine_post
                                          n_warmup=600, init=gradient_estimate.theta)
     assert samples.theta.shape == (4, 1500, 2)
     assert np.all((samples.acceptance > 0.3) & (samples.acceptance < 0.9))
-    np.testing.assert_array_less(np.abs(samples.mean - fine_posterior.mean), 0.25 * fine_posterior.std)
+    np.testing.assert_array_less(np.abs(samples.mean - fine_posterior.mean),
+                                 0.25 * fine_posterior.std)
     np.testing.assert_allclose(samples.std, fine_posterior.std, rtol=0.2)
     low, high = np.asarray(PRIOR_BOX).T
     assert np.all((samples.theta >= low) & (samples.theta <= high))

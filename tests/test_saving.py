@@ -60,6 +60,8 @@ def test_refusals(model, tmp_path):
         jglow.load(tmp_path)
     with pytest.raises(TypeError, match="TrainedModel"):
         jglow.save(tmp_path, (model.config, model.params, model.preprocessing))
+    with pytest.raises(TypeError, match=r"jglow\.save_ensemble\(path, member_dirs\)"):
+        jglow.save(tmp_path, model._replace(params=jglow.ensemble.stack([model.params])))
     other_config = dataclasses.replace(model.config, hidden=4)
     with pytest.raises(ValueError, match="differs"):
         jglow.save(tmp_path, model._replace(config=other_config))

@@ -22,7 +22,7 @@ import pytest
 import jglow
 from jglow.data import synthetic_maps
 from train import checkpoints, parallel
-from train.config import TrainConfig, build_parser, config_from_args
+from train.config import TrainConfig, UsageError, build_parser, config_from_args
 from train.data import prepare
 from train.main import RunResult, TrainingStopped, compiled_functions, initial_state, main, run
 from train.state import end_epoch, init_state, learning_rate, loss_fn, record_validation
@@ -235,7 +235,7 @@ def one_step(mesh) -> dict:
     state = initial_state(config, data, mesh)
     rows = np.arange(config.batch_size)
     x, z = parallel.global_batch(mesh, data.train.x[rows], data.train.z[rows])
-    new_state, metrics = compiled_functions(config, mesh)["step"](state, x, z)
+    new_state, metrics = compiled_functions(config, mesh, TOTAL_STEPS)["step"](state, x, z)
     leaves = jax.tree_util.tree_leaves((new_state, metrics))
     return {
         "devices": mesh.size,
@@ -344,7 +344,18 @@ def test_learning_rate_plateau_and_early_stopping_counters():
     assert not bool(improved) and int(state.bad_epochs) == 31  # NaN never improves
     state, improved = record_validation(state, jnp.float32(4.0))
     assert bool(improved) and int(state.bad_epochs) == 31  # outside the schedule: best only
-    assert float(learning_rate(config, 0, 1.0)) == pytest.approx(1e-3 / 5)  # warm-up step 1 of 5
+    assert float(learning_rate(config, 0, 1.0, TOTAL_STEPS)) == pytest.approx(1e-3 / 5)  # warm-up
+    assert float(learning_rate(config, 44, 0.5, TOTAL_STEPS)) == pytest.approx(5e-4)  # plateau
+
+
+def test_cosine_schedule_falls_from_the_peak_to_the_floor_at_the_last_step():
+    config = tiny("--lr", "1e-3", "--schedule", "cosine")  # warm-up 5 steps, floor 1e-5
+    rate = [float(learning_rate(config, step, 0.5, TOTAL_STEPS)) for step in range(TOTAL_STEPS)]
+    assert rate[0] == pytest.approx(1e-3 / 5) and rate[5] == pytest.approx(1e-3)  # scale ignored
+    assert rate[-1] == pytest.approx(1e-5)
+    cosine = 0.5 * (1.0 + np.cos(np.pi * 19 / 39))  # step 24: 19 of the decay's 39 steps
+    assert rate[24] == pytest.approx(1e-5 + (1e-3 - 1e-5) * cosine, rel=1e-5)
+    assert all(a >= b for a, b in zip(rate[5:], rate[6:]))
 
 
 def test_steps_are_clipped_adam_on_the_trainable_leaves():
@@ -355,7 +366,7 @@ def test_steps_are_clipped_adam_on_the_trainable_leaves():
     mesh = parallel.make_mesh(jax.devices()[:1])
     state = initial_state(config, tiny_data(), mesh)
     x, z = tiny_data().train.x[:16], tiny_data().train.z[:16]
-    step = compiled_functions(config, mesh)["step"]
+    step = compiled_functions(config, mesh, TOTAL_STEPS)["step"]
     loss_and_grad = jax.jit(jax.value_and_grad(loss_fn))
     trainable = jax.tree_util.tree_leaves(jglow.trainable_mask(state.params))
     params = [np.asarray(p, np.float64) for p in jax.tree_util.tree_leaves(state.params)]
@@ -367,7 +378,7 @@ def test_steps_are_clipped_adam_on_the_trainable_leaves():
         grads = [np.asarray(g, np.float64) for g in jax.tree_util.tree_leaves(grads)]
         norms.append(np.sqrt(sum(np.sum(g**2) for g, on in zip(grads, trainable) if on)))
         clip = min(1.0, config.clip_norm / norms[-1])
-        rate = float(learning_rate(config, t - 1, 1.0))
+        rate = float(learning_rate(config, t - 1, 1.0, TOTAL_STEPS))
         for i, (g, on) in enumerate(zip(grads, trainable)):
             if on:
                 moments[0][i] = 0.9 * moments[0][i] + 0.1 * clip * g
@@ -379,6 +390,53 @@ def test_steps_are_clipped_adam_on_the_trainable_leaves():
     assert min(norms) > 2 * config.clip_norm  # every step was clipped
     for ours, by_hand in zip(jax.tree_util.tree_leaves(state.params), params):
         np.testing.assert_allclose(ours, by_hand, rtol=0, atol=2e-6)
+
+
+def test_the_moving_average_follows_its_recursion_and_leaves_the_constants_exact():
+    import dataclasses
+    config = dataclasses.replace(tiny("--no-augment"), ema_decay=0.9)
+    mesh = parallel.make_mesh(jax.devices()[:1])
+    state = initial_state(config, tiny_data(), mesh)
+    x, z = tiny_data().train.x[:16], tiny_data().train.z[:16]
+    step = compiled_functions(config, mesh, TOTAL_STEPS)["step"]
+    average = [np.asarray(p, np.float64) for p in jax.tree_util.tree_leaves(state.params)]
+    for t in range(4):
+        decay = min(0.9, (1 + t) / (10 + t))  # 0.1, 0.18, 0.25, 0.31: the warm-up of the decay
+        state, _ = step(state, x, z)
+        average = [decay * a + (1 - decay) * np.asarray(p, np.float64)
+                   for a, p in zip(average, jax.tree_util.tree_leaves(state.params))]
+    trainable = jax.tree_util.tree_leaves(jglow.trainable_mask(state.params))
+    pairs = zip(jax.tree_util.tree_leaves(state.ema_params), average,
+                jax.tree_util.tree_leaves(state.params), trainable)
+    moved = 0.0
+    for ours, by_hand, current, on in pairs:
+        if on:
+            np.testing.assert_allclose(ours, by_hand, rtol=0, atol=1e-6)
+            moved = max(moved, float(np.max(np.abs(np.asarray(ours) - np.asarray(current)))))
+        else:
+            np.testing.assert_array_equal(ours, current)  # the 1×1-conv constants, bit for bit
+    assert moved > 1e-4  # the average lags the trained parameters
+
+
+def test_fresh_data_gives_new_simulations_each_epoch_as_a_function_of_seed_and_epoch():
+    from train.data import epoch_training_set
+    fixed, fresh = tiny(), tiny("--fresh-data")
+    data = tiny_data()
+    assert epoch_training_set(fixed, data, 3) is data.train
+    first, again = epoch_training_set(fresh, data, 1), epoch_training_set(fresh, data, 1)
+    second = epoch_training_set(fresh, data, 2)
+    other_seed = epoch_training_set(tiny("--fresh-data", "--seed", "1"), data, 1)
+    assert first.x.shape == data.train.x.shape and first.z.shape == data.train.z.shape
+    np.testing.assert_array_equal(first.x, again.x)
+    for other in (second, data.train, other_seed):
+        assert not np.isin(first.params[:, 0], other.params[:, 0]).any()  # other simulations
+    np.testing.assert_allclose(first.z, data.preprocessing.forward_params(first.params), rtol=1e-6)
+    assert np.abs(first.z).max() <= 1.0  # inside the prior box
+
+
+def test_fresh_data_is_refused_for_real_files(tmp_path):
+    with pytest.raises(UsageError, match="fresh data needs the synthetic generator"):
+        tiny("--fresh-data", "--data", str(tmp_path))
 
 
 def test_run_record_round_trips_to_the_same_config():

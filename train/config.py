@@ -28,13 +28,19 @@ class TrainConfig:
       n_sims: synthetic simulations (15 maps each); ignored for real data.
       preprocessing: "minmax" or "sigmoid" (`jglow.data.fit_preprocessing`).
       augment: random cyclic shifts, flips and 90° rotations of training maps.
+      fresh_data: synthetic data only: every epoch trains on newly generated simulations (as
+        many as the training split, parameters on a new Latin hypercube), so no map is seen
+        twice; validation and test simulations are fixed.
       learning_rate: peak Adam learning rate, reached after `warmup_steps`.
       batch_size: global batch (all devices and processes together).
       clip_norm: gradients are clipped to this global norm.
       warmup_steps: linear warm-up of the learning rate from `learning_rate / warmup_steps`.
-      plateau_factor, plateau_patience, min_learning_rate: the learning rate is multiplied by
+      schedule: after the warm-up, "plateau" (the paper's: the learning rate is multiplied by
         `plateau_factor` after `plateau_patience` epochs without improvement of the validation
-        NLL, never below `min_learning_rate`.
+        NLL, never below `min_learning_rate`) or "cosine" (a cosine decay from
+        `learning_rate` to `min_learning_rate` at the run's last step).
+      ema_decay: the parameters validated, exported and sampled are an exponential moving
+        average of the trained ones with this decay per step (0: the trained ones).
       seed: initialisation, data order and augmentation are functions of it (and the step).
       epochs, max_steps: the run stops after `epochs` epochs or `max_steps` steps, the earlier.
       early_stop_patience: stop after this many epochs without a better validation NLL.
@@ -50,10 +56,13 @@ class TrainConfig:
     n_sims: int = 1000
     preprocessing: str = "minmax"
     augment: bool = True
+    fresh_data: bool = False
     learning_rate: float = 3e-4
     batch_size: int = 64
     clip_norm: float = 2.0
     warmup_steps: int = 200
+    schedule: str = "plateau"
+    ema_decay: float = 0.0
     plateau_factor: float = 0.8
     plateau_patience: int = 10
     min_learning_rate: float = 1e-5
@@ -82,6 +91,13 @@ class TrainConfig:
         if not 0.0 < self.min_learning_rate <= self.learning_rate:
             raise UsageError(f"need 0 < min_learning_rate <= learning_rate, got "
                              f"{self.min_learning_rate} and {self.learning_rate}")
+        if self.schedule not in SCHEDULES:
+            raise UsageError(f"schedule {self.schedule!r}: expected one of {SCHEDULES}")
+        if not 0.0 <= self.ema_decay < 1.0:
+            raise UsageError(f"ema_decay must be in [0, 1), got {self.ema_decay!r}")
+        if self.fresh_data and self.data != "synthetic":
+            raise UsageError(f"fresh data needs the synthetic generator; --data is "
+                             f"{self.data!r}")
         if not 0.0 < self.plateau_factor < 1.0 or not self.clip_norm > 0.0:
             raise UsageError(f"need plateau_factor in (0, 1) and clip_norm > 0, got "
                              f"{self.plateau_factor} and {self.clip_norm}")
@@ -110,17 +126,30 @@ class TrainConfig:
         return cls(model=GlowConfig(**model), **record)
 
 
+SCHEDULES = ("plateau", "cosine")
+
 RESUMABLE_FIELDS = ("epochs", "max_steps", "early_stop_patience", "max_nonfinite",
                     "checkpoint_every", "keep_checkpoints", "log_every", "figure_every")
 """Fields that may differ between runs sharing a workdir: they do not change what one step does."""
 
 
 def quick_preset() -> TrainConfig:
-    """A small model on 32×32 synthetic maps that trains to a useful result in minutes on 2 CPU
-    cores (README gives the measured time and bits/dim)."""
+    """A demonstration: a small model on 32×32 synthetic maps, about a minute on 2 CPU cores.
+    Its likelihood is close to the exact one but its posteriors are not calibrated (README,
+    Results); `standard` is the preset to infer with."""
     model = GlowConfig(image_shape=(32, 32, 1), levels=3, steps=4, hidden=16, cond_hidden=8)
     return TrainConfig(model=model, n_sims=400, learning_rate=1e-3, batch_size=64,
                        warmup_steps=50, epochs=5, early_stop_patience=5, checkpoint_every=100)
+
+
+def standard_preset() -> TrainConfig:
+    """The preset to infer with on 32×32 maps: fresh synthetic simulations every epoch, a cosine
+    learning-rate decay and an averaged model, sized to train in about half an hour on 2 CPU
+    cores (README, Results, gives what it reaches against the exact likelihood)."""
+    model = GlowConfig(image_shape=(32, 32, 1), levels=4, steps=6, hidden=32, cond_hidden=16)
+    return TrainConfig(model=model, n_sims=1000, fresh_data=True, learning_rate=1e-3,
+                       batch_size=64, warmup_steps=200, schedule="cosine", ema_decay=0.998,
+                       epochs=24, early_stop_patience=24, checkpoint_every=500)
 
 
 def paper_preset() -> TrainConfig:
@@ -133,7 +162,13 @@ def paper_preset() -> TrainConfig:
     return TrainConfig(model=dataclasses.replace(paper_config(), remat_steps=True))
 
 
-PRESETS = {"quick": quick_preset, "paper": paper_preset}
+PRESET_NOTES = {
+    "quick": "the quick preset is a demonstration (about a minute on a CPU): its posteriors are "
+             "not calibrated; train --preset standard to infer with (README, Results)",
+}
+"""What `python -m train.main` prints after a run of a preset, so nobody mistakes it for more."""
+
+PRESETS = {"quick": quick_preset, "standard": standard_preset, "paper": paper_preset}
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -145,8 +180,10 @@ def build_parser() -> argparse.ArgumentParser:
         formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     add = parser.add_argument
     add("--preset", choices=sorted(PRESETS), default="quick",
-        help="quick: 32×32 maps, 3 levels × 4 steps, minutes on a CPU; paper: the HIGlow model "
-             "(64×64, 6 levels × 20 steps, hidden 16) and optimiser")
+        help="quick: a demonstration (32×32 maps, 3 levels × 4 steps, a minute on a CPU); "
+             "standard: 32×32 maps trained to be inferred with (fresh data, cosine decay, "
+             "averaged parameters; half an hour on a CPU); paper: the HIGlow model (64×64, "
+             "6 levels × 20 steps, hidden 16) and optimiser")
     add("--data", default="synthetic",
         help="'synthetic' (the embedded CAMELS-like generator, with an exact likelihood) or a "
              "path: a CAMELS .npy of maps (parameter file beside it) or a folder holding one")
@@ -168,6 +205,14 @@ def build_parser() -> argparse.ArgumentParser:
     add("--checkpoint-every", type=int, help="also checkpoint every this many steps (0: only "
         "at epoch ends)")
     add("--figure-every", type=int, help="epochs between figure updates (0: no figures)")
+    add("--fresh-data", action=argparse.BooleanOptionalAction, default=None,
+        help="synthetic data: train every epoch on newly generated simulations, never "
+             "repeating a map (default: the preset's)")
+    add("--schedule", choices=SCHEDULES, help="learning rate after the warm-up: the paper's "
+        "reduce-on-plateau, or a cosine decay to the floor at the last step (default: "
+        "the preset's)")
+    add("--ema-decay", type=float, help="validate, export and sample an exponential moving "
+        "average of the parameters with this decay per step; 0: off (default: the preset's)")
     add("--no-augment", action="store_true", help="do not augment training maps by shifts, "
         "flips and rotations")
     add("--preprocessing", choices=("minmax", "sigmoid"),
@@ -192,7 +237,8 @@ _OVERRIDES = {"n_sims": "n_sims", "lr": "learning_rate", "batch_size": "batch_si
               "epochs": "epochs", "max_steps": "max_steps", "patience": "early_stop_patience",
               "warmup_steps": "warmup_steps", "max_nonfinite": "max_nonfinite",
               "checkpoint_every": "checkpoint_every", "figure_every": "figure_every",
-              "preprocessing": "preprocessing", "seed": "seed"}
+              "preprocessing": "preprocessing", "seed": "seed", "fresh_data": "fresh_data",
+              "schedule": "schedule", "ema_decay": "ema_decay"}
 _MODEL_OVERRIDES = ("levels", "steps", "hidden")
 
 

@@ -20,6 +20,9 @@ from jglow.data.validation import map_chunks
 from train.config import TrainConfig, UsageError
 
 SYNTHETIC_SEED = 0
+FRESH_DATA_STREAM = 1
+"""Fresh training simulations of epoch `e` of a run with seed `s` are drawn from the seed
+`(SYNTHETIC_SEED, FRESH_DATA_STREAM, s, e)`, a stream apart from the fixed data set's."""
 SPLIT_SEED = 0
 SPLIT_FRACTIONS = (0.8, 0.1, 0.1)
 MAPS_PER_SIM = 15
@@ -127,6 +130,20 @@ def prepare(config: TrainConfig) -> Data:
     val = _model_space(val_set, preprocessing, keep_maps=True)
     exact = exact_nll(val, preprocessing) if config.data == "synthetic" else None
     return Data(train, val, preprocessing, exact, np.unique(test_set.sim))
+
+
+def epoch_training_set(config: TrainConfig, data: Data, epoch: int) -> Split:
+    """The training maps of epoch `epoch`: `data.train`, or with `config.fresh_data` as many new
+    synthetic simulations as it holds (a new Latin hypercube over the prior box, preprocessed by
+    `data.preprocessing`), a function of `(config.seed, epoch)` only, so a resumed run sees the
+    same maps."""
+    if not config.fresh_data:
+        return data.train
+    n_sims = len(np.unique(data.train.sim))
+    seed = [SYNTHETIC_SEED, FRESH_DATA_STREAM, config.seed, epoch]
+    mapset = synthetic_maps(n_sims, MAPS_PER_SIM, size=config.model.image_shape[0],
+                            box_size=BOX_SIZE, seed=seed)
+    return _model_space(mapset, data.preprocessing, keep_maps=False)
 
 
 def steps_per_epoch(n_train: int, batch_size: int) -> int:

@@ -1,4 +1,4 @@
-"""`python -m train.evaluate`: is the emulator right? One report of a trained model (issue 6).
+"""`python -m train.evaluate`: is the emulator right? One report of a trained model.
 
     python -m train.evaluate --model WORKDIR [--data synthetic|PATH] [--out DIR] [options]
 
@@ -16,7 +16,8 @@ Writes to `--out` (default `WORKDIR/evaluation`):
   `power_ratio.png` (marginal P(k) mean ± std and the ratios per k), `pixel_pdf.png`, `r2.png`
   (per-simulation R² over the parameter plane), `worst_power.png` (the worst simulation's P(k));
 * `inference/`: the output of `train.infer` on `--n-maps` held-out maps spread over the
-  simulations (posterior figures of the first `--figures`, coverage figure, per-map JSON).
+  simulations (posterior figures of the first `--figures`, coverage figure, per-map JSON), on
+  zoomed grids of the budget of a `--grid`×`--grid` grid (`--no-zoom`: the plain grid).
 
 Sections of the report:
 
@@ -28,8 +29,12 @@ Sections of the report:
   simulations with their parameters) and the fraction of k bins where the sample mean lies within
   2 standard errors of the truth;
 * likelihood: held-out NLL in bits/dim (on synthetic data beside the exact NLL, and the gap);
-* inference: 68% / 95% HPD coverage over `--n-maps` maps, posterior-mean error and width in the
-  parameters' units (on synthetic data for the model and the exact likelihood);
+* inference: 68% / 95% HPD coverage over `--n-maps` maps with their 99% binomial intervals, the
+  expected-coverage curve (coverage at every level) with its band and largest deviation, the
+  marginal rank histograms, posterior-mean error and width in the parameters' units (on
+  synthetic data for the model and the exact likelihood); the calibration lines are printed
+  (with a `warning:` on stderr when outside the band), and `python -m train.infer` prints them
+  from `report.json` beside its posteriors;
 * health: non-finite samples (counted, left out of the statistics, never hidden) and the
   reconstruction error `decode(encode(x)) − x`.
 
@@ -75,13 +80,14 @@ class Options(NamedTuple):
     model: str
     data: Optional[str] = None
     out: Optional[str] = None
-    n_maps: int = 100
+    n_maps: int = 300
     samples_per_sim: int = 50
     grid: int = 30
     figures: int = 3
     batch: int = 256
     seed: int = 0
     progress: bool = True
+    zoom: bool = True
 
 
 # --- inputs ----------------------------------------------------------------------------------
@@ -218,6 +224,15 @@ def coverage_table(calibration_summary) -> dict:
             for level, entry in calibration_summary["coverage"].items()}
 
 
+def calibration_entry(calibration_summary) -> dict:
+    """The calibration numbers of the report from a `Calibration.summary()`: `coverage`
+    (`coverage_table`), `max_deviation`, `inside_band`, `expected_coverage` and
+    `rank_histograms`."""
+    return {"coverage": coverage_table(calibration_summary),
+            **{key: calibration_summary[key] for key in
+               ("max_deviation", "inside_band", "expected_coverage", "rank_histograms")}}
+
+
 # --- the sections ----------------------------------------------------------------------------
 
 class Context(NamedTuple):
@@ -321,35 +336,48 @@ def inference_section(ctx: Context) -> dict:
     maps, truths = ctx.held.maps[chosen], ctx.held.params[chosen].astype(np.float64)
     out = ctx.out / "inference"
     exact = posterior.SyntheticLikelihood(BOX_SIZE) if ctx.synthetic else None
-    grid = ctx.options.grid
+    grid, zoom = ctx.options.grid, ctx.options.zoom
     if ctx.options.progress:
-        tqdm.write(f"posteriors of {len(chosen)} maps on a {grid}×{grid} grid"
+        tqdm.write(f"posteriors of {len(chosen)} maps on {'zoomed grids of ' if zoom else 'a '}"
+                   f"{grid}×{grid}{' evaluations' if zoom else ' grid'}"
                    f"{' (model and exact)' if exact else ''}...", file=sys.stderr)
     summary = infer.infer(ctx.model, maps, str(out), truths, exact, grid,
-                          figures=ctx.options.figures, progress=ctx.options.progress)
+                          figures=ctx.options.figures, progress=ctx.options.progress, zoom=zoom)
     records = [json.loads((out / f"map_{i:04d}.json").read_text()) for i in range(len(chosen))]
     names = ["model"] + (["exact"] if exact else [])
-    return {"n_maps": len(chosen), "grid": grid, "n_nonfinite": summary["n_nonfinite"],
+    return {"n_maps": len(chosen), "grid": grid, "grid_shape": summary["grid_shape"],
+            "zoom": summary["zoom"], "min_cells_per_std": summary["min_cells_per_std"],
+            "n_nonfinite": summary["n_nonfinite"],
             "figures": [f"inference/map_{i:04d}.png" for i in range(min(ctx.options.figures,
                                                                         len(chosen)))],
-            **{name: {"coverage": coverage_table(summary["coverage"][name]),
+            **{name: {**calibration_entry(summary["coverage"][name]),
                       "errors": posterior_errors([r[name] for r in records], truths)}
                for name in names}}
 
 
+def single_models(params) -> list:
+    """The `GlowParams` of each member of an ensemble, or `[params]` for one model."""
+    if isinstance(params, jglow.EnsembleParams):
+        return [jglow.ensemble.member(params, k) for k in range(params.size)]
+    return [params]
+
+
 def reconstruction_section(ctx: Context) -> dict:
     """`decode(encode(x)) − x` on the held-out maps: largest and RMS error in model space, and
-    the largest error of the `log10` maps in dex."""
-    params, held = ctx.model.params, ctx.held
-    rebuilt = in_batches(lambda _, x, z: jglow.decode(params, jglow.encode(params, x, z), z),
-                         (held.x, held.z), ctx.options.batch, "reconstruction",
-                         ctx.options.progress)
-    error = rebuilt - held.x
-    pre = ctx.model.preprocessing
-    dex = figures.log10_maps(pre, rebuilt) - figures.log10_maps(pre, held.x)
-    return {"max_abs_model_space": float(np.max(np.abs(error))),
-            "rms_model_space": float(np.sqrt(np.mean(error**2))),
-            "max_abs_dex": float(np.max(np.abs(dex)))}
+    the largest error of the `log10` maps in dex (of an ensemble: the worst member's)."""
+    held, pre = ctx.held, ctx.model.preprocessing
+    worst = {"max_abs_model_space": 0.0, "rms_model_space": 0.0, "max_abs_dex": 0.0}
+    for params in single_models(ctx.model.params):
+        rebuilt = in_batches(lambda _, x, z: jglow.decode(params, jglow.encode(params, x, z), z),
+                             (held.x, held.z), ctx.options.batch, "reconstruction",
+                             ctx.options.progress)
+        error = rebuilt - held.x
+        dex = figures.log10_maps(pre, rebuilt) - figures.log10_maps(pre, held.x)
+        member = {"max_abs_model_space": float(np.max(np.abs(error))),
+                  "rms_model_space": float(np.sqrt(np.mean(error**2))),
+                  "max_abs_dex": float(np.max(np.abs(dex)))}
+        worst = {key: max(worst[key], value) for key, value in member.items()}
+    return worst
 
 
 def health_section(samples: dict, reconstruction: dict) -> dict:
@@ -365,7 +393,8 @@ def health_section(samples: dict, reconstruction: dict) -> dict:
 
 def check_options(options: Options) -> None:
     """Refuse option values the statistics cannot use, naming the value and what is expected."""
-    minimum = {"n_maps": 2, "samples_per_sim": 2, "grid": 2, "figures": 0, "batch": 1}
+    minimum = {"n_maps": 2, "samples_per_sim": 2, "grid": 3 if options.zoom else 2,
+               "figures": 0, "batch": 1}
     for name, low in minimum.items():
         value = getattr(options, name)
         if not isinstance(value, int) or value < low:
@@ -394,8 +423,9 @@ def command_line(options: Options) -> str:
     defaults, parts = Options(options.model), ["python -m train.evaluate --model", options.model]
     for name, value in options._asdict().items():
         if name != "model" and value != getattr(defaults, name):
-            flag = "--" + ("no-progress" if name == "progress" else name.replace("_", "-"))
-            parts += [flag] if name == "progress" else [flag, str(value)]
+            switch = name in ("progress", "zoom")  # True by default, turned off by --no-NAME
+            flag = "--" + ("no-" + name if switch else name.replace("_", "-"))
+            parts += [flag] if switch else [flag, str(value)]
     return " ".join(parts)
 
 
@@ -428,6 +458,7 @@ def evaluate(options: Options) -> dict:
     result = {
         "model": str(options.model), "data": config.data, "out": str(out),
         "command": command_line(options),
+        "params_sha256": report.params_sha256(options.model),
         "held_out": {"split": "test", "n_sims": len(samples["sims"]), "n_maps": len(held.x)},
         "options": options._asdict(), **sections, "exact_generator": exact,
         "likelihood": timed("likelihood", likelihood_section, ctx),
@@ -454,16 +485,21 @@ def parse_args(argv=None) -> Options:
     add("--samples-per-sim", type=int, default=defaults["samples_per_sim"],
         help="samples per held-out simulation (default: %(default)s)")
     add("--grid", type=int, default=defaults["grid"],
-        help="posterior grid points per parameter (default: %(default)s)")
+        help="posterior grid points per parameter; zoomed, the evaluations per map (30: a "
+        "10x10 coarse pass and a 28x28 fine grid) (default: %(default)s)")
     add("--figures", type=int, default=defaults["figures"],
         help="posterior figures drawn (default: %(default)s)")
     add("--batch", type=int, default=defaults["batch"],
         help="maps per model call (default: %(default)s)")
-    add("--seed", type=int, default=defaults["seed"], help="seed of the samples (default: %(default)s)")
+    add("--seed", type=int, default=defaults["seed"],
+        help="seed of the samples (default: %(default)s)")
     add("--no-progress", action="store_true", help="no progress bars")
+    add("--no-zoom", action="store_true", help="posteriors on the plain grid over the prior box "
+        "instead of a coarse pass and a fine grid per map")
     args = parser.parse_args(argv)
     return Options(args.model, args.data, args.out, args.n_maps, args.samples_per_sim,
-                   args.grid, args.figures, args.batch, args.seed, not args.no_progress)
+                   args.grid, args.figures, args.batch, args.seed, not args.no_progress,
+                   not args.no_zoom)
 
 
 def main(argv=None) -> int:
@@ -475,6 +511,8 @@ def main(argv=None) -> int:
         print(f"error: {error}", file=sys.stderr)
         return 2
     print(report.headline(result))
+    for warning in report.warnings_of(result):
+        print(warning, file=sys.stderr)
     return 0
 
 

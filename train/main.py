@@ -10,6 +10,7 @@ validates once more. Re-running the same command resumes from the latest checkpo
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import json
 import pathlib
@@ -24,8 +25,9 @@ from tqdm import tqdm
 import jglow
 from jglow.saving import TrainedModel
 from train import checkpoints, figures, memory, parallel
-from train.config import TrainConfig, UsageError, build_parser, config_from_args
-from train.data import Data, batch_indices, prepare, steps_per_epoch
+from train.config import (PRESET_NOTES, TrainConfig, UsageError, build_parser,
+                          config_from_args)
+from train.data import Data, batch_indices, epoch_training_set, prepare, steps_per_epoch
 from train.metrics import MetricsLog, mean_nll, nll_sum
 from train.state import (TrainState, bits_per_dim, end_epoch, init_state, loss_fn,
                          record_validation, train_step)
@@ -63,6 +65,9 @@ class _Run(NamedTuple):
     steps_per_epoch: int
     exact_bits: Optional[float]
     figure_set: figures.FigureSet
+    clock_origin: float = 0.0
+    """`time.perf_counter()` at which the run's training time (`elapsed_s` of the records) was
+    0, resumed runs included."""
 
 
 def total_steps(config: TrainConfig, per_epoch: int) -> int:
@@ -89,14 +94,14 @@ def _validate(ctx: _Run, state: TrainState, step: int, epoch_end: bool, function
     Returns `(state, exported model or None)`.
     """
     config, dim = ctx.config, ctx.config.model.dim
-    val_nll = mean_nll(functions["nll"], ctx.mesh, state.params, ctx.data.val.x,
+    val_nll = mean_nll(functions["nll"], ctx.mesh, state.ema_params, ctx.data.val.x,
                        ctx.data.val.z, config.batch_size)
     update = functions["end_epoch"] if epoch_end else functions["record"]
     state, improved = update(state, np.float32(val_nll))
     improved = bool(parallel.host_value(improved))
     exported = None
     if improved:
-        exported = TrainedModel(config.model, parallel.host_value(state.params),
+        exported = TrainedModel(config.model, parallel.host_value(state.ema_params),
                                 ctx.data.preprocessing)
         if ctx.main_process:
             jglow.save(ctx.workdir, exported)
@@ -108,11 +113,12 @@ def _validate(ctx: _Run, state: TrainState, step: int, epoch_end: bool, function
               "exact_bits_per_dim": ctx.exact_bits,
               "best_val_bits_per_dim": bits_per_dim(host.best_val_nll, dim),
               "improved": improved, "bad_epochs": int(host.bad_epochs),
-              "lr_scale": float(host.plateau.scale), "end_of_epoch": epoch_end}
+              "lr_scale": float(host.plateau.scale), "end_of_epoch": epoch_end,
+              "elapsed_s": time.perf_counter() - ctx.clock_origin}
     if ctx.main_process and config.figure_every and (
             not epoch_end or epoch % config.figure_every == 0):
         record["nonfinite_samples"] = figures.write(
-            ctx.workdir, host.params, ctx.data.preprocessing, ctx.data.val, ctx.figure_set,
+            ctx.workdir, host.ema_params, ctx.data.preprocessing, ctx.data.val, ctx.figure_set,
             ctx.log.read() + [record], ctx.exact_bits, config.seed, epoch)
     ctx.log.write(record)  # before the checkpoint: a resumption drops it if that is lost
     checkpoints.save(ctx.manager, state, _meta(ctx, step),
@@ -141,17 +147,19 @@ def _log_training(ctx: _Run, bar, window: list, step: int, seconds: float) -> No
                     skipped=record["nonfinite_total"], refresh=False)
 
 
-def compiled_functions(config: TrainConfig, mesh) -> dict:
-    """The jitted functions of a run, laid out on `mesh`; cached per (`config.canonical()`,
-    mesh), so runs and resumptions in one process compile them once."""
-    return _compiled_functions(config.canonical(), mesh)
+def compiled_functions(config: TrainConfig, mesh, total: int) -> dict:
+    """The jitted functions of a run of `total` steps, laid out on `mesh`; cached per
+    (`config.canonical()` without its seed, mesh, total), so runs, resumptions and the members
+    of an ensemble in one process compile them once (a step reads its randomness from the
+    state, never from `config.seed`)."""
+    return _compiled_functions(dataclasses.replace(config.canonical(), seed=0), mesh, total)
 
 
 @functools.lru_cache(maxsize=4)
-def _compiled_functions(config: TrainConfig, mesh) -> dict:
+def _compiled_functions(config: TrainConfig, mesh, total: int) -> dict:
     on_mesh = parallel.jit_on_mesh
     loss_and_grad = parallel.reduce_over_shards(jax.value_and_grad(loss_fn), mesh)
-    step = functools.partial(train_step, config, loss_and_grad=loss_and_grad)
+    step = functools.partial(train_step, config, total, loss_and_grad=loss_and_grad)
     return {"step": on_mesh(step, mesh, 1, 2, donate_first=True),
             "end_epoch": on_mesh(functools.partial(end_epoch, config), mesh, 2, 0),
             "record": on_mesh(record_validation, mesh, 2, 0),
@@ -197,20 +205,26 @@ def _write_split(ctx: _Run) -> None:
 def _train(ctx: _Run, progress: bool) -> RunResult:
     config = ctx.config
     state = initial_state(config, ctx.data, ctx.mesh)
-    functions = compiled_functions(config, ctx.mesh)
-    state, step = _resume(ctx, state)
-    _write_split(ctx)
     total = total_steps(config, ctx.steps_per_epoch)
+    functions = compiled_functions(config, ctx.mesh, total)
+    state, step = _resume(ctx, state)
+    elapsed = [r["elapsed_s"] for r in ctx.log.read() if r.get("elapsed_s") is not None]
+    ctx = ctx._replace(clock_origin=time.perf_counter() - (elapsed[-1] if elapsed else 0.0))
+    _write_split(ctx)
     if step >= total:
         _say(ctx, f"nothing to do: the run in {ctx.workdir} is at step {step} of {total}")
         return RunResult(state, None, "already complete")
     n_train = len(ctx.data.train.x)
     bar = tqdm(total=total, initial=step, disable=not progress, unit="step", dynamic_ncols=True)
     window, clock, model, reason, saved = [], time.perf_counter(), None, "finished", step
+    epoch, train = None, None
     start = step
     while step < total:
+        if step // ctx.steps_per_epoch != epoch:
+            epoch = step // ctx.steps_per_epoch
+            train = epoch_training_set(config, ctx.data, epoch)
         rows = batch_indices(config.seed, step, n_train, config.batch_size)
-        x, z = parallel.global_batch(ctx.mesh, ctx.data.train.x[rows], ctx.data.train.z[rows])
+        x, z = parallel.global_batch(ctx.mesh, train.x[rows], train.z[rows])
         state, metrics = functions["step"](state, x, z)
         metrics = parallel.host_value(metrics)
         if step == start:  # the step has just been compiled
@@ -312,6 +326,8 @@ def main(argv=None) -> int:
     best = bits_per_dim(final.best_val_nll, config.model.dim)
     print(f"{result.reason}: step {int(final.step)}; best validation {best:.4f} bits/dim; "
           f"model in {args.workdir} (jglow.load)")
+    if args.preset in PRESET_NOTES:
+        print(f"note: {PRESET_NOTES[args.preset]}")
     return 0
 
 

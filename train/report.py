@@ -13,9 +13,10 @@ import pathlib
 import matplotlib.ticker
 import numpy as np
 
+from jglow.saving import CONFIG_FILE
 from train import figures
-from train.metrics import json_safe
 from train.figures import DPI, plt
+from train.metrics import json_safe
 
 MODEL_COLOUR, EXACT_COLOUR = "C1", "0.4"
 
@@ -207,20 +208,36 @@ def _inference_lines(inference) -> list:
     names = [name for name in ("model", "exact") if name in inference]
     coverage = [[name, *(f"{_number(c['empirical'])} ({_number(c['interval'][0])}–"
                          f"{_number(c['interval'][1])}){'' if c['is_nominal'] else ' ✗'}"
-                         for c in inference[name]["coverage"].values())] for name in names]
+                         for c in inference[name]["coverage"].values()),
+                 f"{_number(inference[name]['max_deviation'])}"
+                 f"{'' if inference[name]['inside_band'] else ' ✗'}"] for name in names]
     levels = list(inference["model"]["coverage"])
     errors = [[name, parameter, _number(e["bias"]), _number(e["rmse"]), _number(e["mean_std"])]
               for name in names for parameter, e in inference[name]["errors"].items()]
-    return ([f"Grid posteriors ({inference['grid']}×{inference['grid']}, flat prior on the "
-             f"training box) of {inference['n_maps']} held-out maps spread over the "
-             f"simulations; {inference['n_nonfinite']} non-finite log-likelihoods. Coverage of "
-             f"the HPD regions (in brackets the 99% interval of a calibrated posterior; ✗ "
-             f"outside it):", ""]
-            + _table(["likelihood", *levels], coverage)
+    shape = "×".join(map(str, inference["grid_shape"]))
+    zoom = inference["zoom"]
+    grid = (f"a {'×'.join(map(str, zoom['coarse_shape']))} pass over the box, then per map a "
+            f"fine grid of {shape} over the region holding all but {zoom['tail']:g} of the "
+            f"pass's posterior mass, within the budget of a {'×'.join(map(str, zoom['budget']))} "
+            f"grid (the region reached the box edge for {zoom['n_touching_box']['model']} of "
+            f"{inference['n_maps']} maps)" if zoom else f"a {shape} grid over the box")
+    resolution = ", ".join(f"{name} {', '.join(_number(c, 2) for c in cells)}"
+                           for name, cells in inference["min_cells_per_std"].items())
+    return ([f"Grid posteriors of {inference['n_maps']} held-out maps spread over the "
+             f"simulations, flat prior on the training box: {grid}. "
+             f"{inference['n_nonfinite']} non-finite log-likelihoods; fewest grid cells per "
+             f"posterior std (Ωm, σ8): {resolution}. The credible level of a truth is the "
+             f"posterior mass denser than the posterior density at the truth. Coverage of the "
+             f"HPD regions (in brackets the 99% interval of a calibrated posterior; ✗ outside "
+             f"it) and the largest deviation of the expected-coverage curve from the diagonal "
+             f"(✗: the curve leaves its pointwise 99% band):", ""]
+            + _table(["likelihood", *levels, "max deviation"], coverage)
             + ["", "Posterior mean − truth and posterior width, in the parameters' units:", ""]
             + _table(["likelihood", "parameter", "bias", "RMS error", "mean posterior std"],
                      errors)
-            + ["", "![coverage](inference/coverage.png)", ""]
+            + ["", "The expected-coverage curve (fraction of truths inside the HPD region at "
+               "each level) with its band, and the marginal rank histograms with the 99% band "
+               "of a bin's count:", "", "![coverage](inference/coverage.png)", ""]
             + [f"![posterior]({path})" for path in inference["figures"]])
 
 
@@ -235,12 +252,72 @@ def _health_lines(health) -> list:
             f"{_number(reconstruction['max_abs_dex'])} dex in log10 of the map"]
 
 
+def _percent(level) -> str:
+    return f"{float(level):.0%}"
+
+
+def calibration_text(inference, source) -> tuple:
+    """`(lines, warnings)` on the calibration in the `inference` section of an evaluation
+    report (JSON-ready): per likelihood (model, then exact if present) one line with the 68% and
+    95% HPD coverage, their 99% binomial intervals and the largest deviation of the
+    expected-coverage curve; `warning:` lines when the model's coverage at a level, or its
+    curve, leaves the band. `source` names where the numbers come from."""
+    lines, warnings = [], []
+    for name, label in (("model", "calibration"), ("exact", "exact likelihood")):
+        if name not in inference:
+            continue
+        entry = inference[name]
+        parts = [f"{_percent(level)}{' HPD coverage' if i == 0 else ''} "
+                 f"{c['empirical']:.2f} [{c['interval'][0]:.2f}, {c['interval'][1]:.2f}]"
+                 for i, (level, c) in enumerate(entry["coverage"].items())]
+        deviation = entry.get("max_deviation")
+        parts.append("max deviation of the expected-coverage curve "
+                     + ("n/a (report predates it)" if deviation is None else f"{deviation:.3f}"))
+        lines.append(f"{label} on held-out data ({inference['n_maps']} maps, {source}): "
+                     + ", ".join(parts))
+        if name != "model":
+            continue
+        outside = [f"{_percent(level)} HPD coverage {c['empirical']:.2f} outside "
+                   f"[{c['interval'][0]:.2f}, {c['interval'][1]:.2f}]"
+                   for level, c in entry["coverage"].items() if not c["is_nominal"]]
+        if entry.get("inside_band") is False:
+            outside.append(f"the expected-coverage curve leaves its 99% band (max deviation "
+                           f"{deviation:.3f})")
+        if outside:
+            warnings.append(f"warning: the model's posteriors are not calibrated on held-out "
+                            f"data ({source}): " + "; ".join(outside))
+    return lines, warnings
+
+
+def held_out_calibration(workdir) -> tuple:
+    """`(lines, warnings)` (`calibration_text`) from `WORKDIR/evaluation/report.json`, the
+    evaluation report of the workdir; one line saying there is none yet when it is missing, and
+    a note when it was measured on other parameters than the saved model's."""
+    path = pathlib.Path(workdir) / "evaluation" / "report.json"
+    if not path.is_file():
+        return [f"no held-out calibration yet: run python -m train.evaluate --model {workdir}"], []
+    data = json.loads(path.read_text())
+    lines, warnings = calibration_text(data["inference"], str(path))
+    measured, saved = data.get("params_sha256"), params_sha256(workdir)
+    if measured is not None and measured != saved:
+        lines.append(f"note: {path} was measured on other parameters than the saved model's; "
+                     f"run python -m train.evaluate --model {workdir} again")
+    return lines, warnings
+
+
+def params_sha256(workdir):
+    """The checksum of the saved model's parameters in `WORKDIR/model.json`, or None."""
+    path = pathlib.Path(workdir) / CONFIG_FILE
+    return json.loads(path.read_text()).get("params_sha256") if path.is_file() else None
+
+
 def headline(data) -> str:
-    """A few lines with the report's main numbers (for the terminal)."""
+    """A few lines with the report's main numbers (for the terminal), the calibration lines of
+    `calibration_text` among them."""
     data = json_safe(data)
     likelihood, health = data["likelihood"], data["health"]
     gap = likelihood.get("gap_bits_per_dim")
-    coverage = data["inference"]["model"]["coverage"]
+    calibration, _ = calibration_text(data["inference"], "this evaluation")
     return "\n".join([
         f"report in {data['out']} ({_number(data['timing_s']['total'], 3)} s)",
         f"held-out NLL {_number(likelihood['bits_per_dim'], 5)} bits/dim"
@@ -249,9 +326,13 @@ def headline(data) -> str:
         f"{_number(data['conditional']['r2']['median'], 4)}, 10th pct "
         f"{_number(data['conditional']['r2']['p10'], 4)}; within 2 SE "
         f"{_number(data['conditional']['within_2se']['mean'])}",
-        "coverage " + ", ".join(f"{level}: {_number(c['empirical'])}"
-                                for level, c in coverage.items()),
+        *calibration,
         f"non-finite samples {health['n_nonfinite']} of {health['n_samples']}"])
+
+
+def warnings_of(data) -> list:
+    """The `warning:` lines of `calibration_text` for the report `data`."""
+    return calibration_text(json_safe(data)["inference"], "this evaluation")[1]
 
 
 def markdown(data) -> str:
@@ -261,8 +342,8 @@ def markdown(data) -> str:
              f"Data: `{data['data']}`, the {held['n_maps']} maps of the {held['n_sims']} "
              f"simulations of its {held['split']} split (never trained on). Statistics of "
              f"log10 maps; samples at temperature 1. Reproduce with `{data['command']}` "
-             f"({_number(data['timing_s']['total'], 3)} s).", "", "```", headline(data), "```",
-             "", "## Sample health", ""]
+             f"({_number(data['timing_s']['total'], 3)} s).", "", "```", headline(data),
+             *warnings_of(data), "```", "", "## Sample health", ""]
     lines += _health_lines(data["health"])
     lines += ["", "## Marginal statistics", ""] + _marginal_lines(data)
     lines += ["", "## Conditional statistics per simulation", ""] + _conditional_lines(data)

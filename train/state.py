@@ -1,9 +1,10 @@
 """The training state and its pure updates, in the optax style.
 
-`train_step(config, state, x, z)` is one optimisation step on a batch of model-space
-maps: augmentation (keys from `(seed, step)`), loss `−mean log p / (H·W·C)` (nats per dim),
-gradients, Adam after clipping by global norm, the learning rate `lr · warm-up(step) · plateau
-scale`. A step whose loss or gradients are not finite leaves the parameters and optimiser state
+`train_step(config, total_steps, state, x, z)` is one optimisation step on a batch of
+model-space maps: augmentation (keys from `(seed, step)`), loss `−mean log p / (H·W·C)` (nats
+per dim), gradients, Adam after clipping by global norm, the learning rate `lr · warm-up(step) ·
+decay` (`learning_rate`), and the exponential moving average of the parameters. A step whose
+loss or gradients are not finite leaves the parameters, their average and the optimiser state
 untouched and is counted. `end_epoch` applies the validation NLL: the paper's reduce-on-plateau
 (`optax.contrib.reduce_on_plateau`, fed once per epoch) and the early-stopping counter.
 """
@@ -31,6 +32,8 @@ class TrainState(NamedTuple):
     Attributes:
       step: int32 scalar, steps taken (skipped non-finite steps included).
       params: the model parameters.
+      ema_params: their exponential moving average (`config.ema_decay`, `average_decay`;
+        equal to `params` when it is 0), the parameters validated, exported and sampled.
       opt_state: Adam's state (the 1×1-conv constants have none: they are never moved).
       plateau: the reduce-on-plateau state; `plateau.scale` multiplies the learning rate.
       best_val_nll: float32 scalar, the lowest validation NLL so far (nats per map; inf at first).
@@ -42,6 +45,7 @@ class TrainState(NamedTuple):
 
     step: jax.Array
     params: GlowParams
+    ema_params: GlowParams
     opt_state: optax.OptState
     plateau: ReduceLROnPlateauState
     best_val_nll: jax.Array
@@ -81,6 +85,7 @@ def init_state(config: TrainConfig, params: GlowParams, key) -> TrainState:
     """The state before the first step; `key` (a JAX key) seeds the augmentation."""
     return TrainState(
         step=jnp.zeros((), jnp.int32), params=params,
+        ema_params=jax.tree_util.tree_map(jnp.copy, params),  # its own buffers (donation)
         opt_state=make_optimizer(config).init(params),
         plateau=plateau_rule(config).init(jnp.zeros((), jnp.float32)),
         best_val_nll=jnp.array(jnp.inf, jnp.float32), bad_epochs=jnp.zeros((), jnp.int32),
@@ -88,10 +93,36 @@ def init_state(config: TrainConfig, params: GlowParams, key) -> TrainState:
         rng=jax.random.key_data(key))
 
 
-def learning_rate(config: TrainConfig, step, plateau_scale):
-    """`lr · min(1, (step + 1) / warmup_steps) · plateau_scale` (a float32 scalar)."""
+def learning_rate(config: TrainConfig, step, plateau_scale, total_steps: int):
+    """The learning rate of step `step` (0-based) of a run of `total_steps` (a float32 scalar):
+    `lr · min(1, (step + 1) / warmup_steps) · decay`, where `decay` is `plateau_scale` for the
+    "plateau" schedule and, for "cosine", falls from 1 at the end of the warm-up to
+    `min_learning_rate / lr` at the last step along half a cosine."""
     warmup = jnp.minimum(1.0, (step + 1.0) / config.warmup_steps)
-    return jnp.float32(config.learning_rate) * warmup * plateau_scale
+    if config.schedule == "plateau":
+        decay = plateau_scale
+    else:
+        floor = config.min_learning_rate / config.learning_rate
+        span = max(1, total_steps - 1 - config.warmup_steps)
+        progress = jnp.clip((step - config.warmup_steps) / span, 0.0, 1.0)
+        decay = floor + (1.0 - floor) * 0.5 * (1.0 + jnp.cos(jnp.pi * progress))
+    return jnp.float32(config.learning_rate) * warmup * decay
+
+
+def average_decay(decay: float, step):
+    """The moving average's decay at step `step` (0-based): `min(decay, (1 + step) / (10 +
+    step))`, so the average forgets the initialisation within the first steps instead of
+    carrying it for `1 / (1 − decay)` steps."""
+    return jnp.minimum(jnp.float32(decay), (1.0 + step) / (10.0 + step))
+
+
+def moving_average(decay: float, average: GlowParams, params: GlowParams) -> GlowParams:
+    """`decay · average + (1 − decay) · params` on the trainable leaves (`jglow.trainable_mask`);
+    the 1×1-conv constants are taken from `params` unchanged, bit for bit."""
+    def update(trainable, mean, value):
+        return decay * mean + (1.0 - decay) * value if trainable else value
+
+    return jax.tree_util.tree_map(update, jglow.trainable_mask(params), average, params)
 
 
 def loss_fn(params: GlowParams, x, z):
@@ -99,9 +130,10 @@ def loss_fn(params: GlowParams, x, z):
     return -jnp.mean(log_prob_given(params, x, condition(params, z))) / params.config.dim
 
 
-def train_step(config: TrainConfig, state: TrainState, x, z,
+def train_step(config: TrainConfig, total_steps: int, state: TrainState, x, z,
                loss_and_grad=jax.value_and_grad(loss_fn)):
-    """One step on the global batch `x (B, H, W, C)`, `z (B, D)` (model space).
+    """One step of a run of `total_steps` on the global batch `x (B, H, W, C)`, `z (B, D)`
+    (model space).
 
     `loss_and_grad(params, x, z) -> (loss, grads)` is `value_and_grad(loss_fn)` or, on a
     device mesh, its data-parallel form (`parallel.reduce_over_shards`).
@@ -115,8 +147,10 @@ def train_step(config: TrainConfig, state: TrainState, x, z,
         x = augment(key, x)
     loss, grads = loss_and_grad(state.params, x, z)
     updates, opt_state = make_optimizer(config).update(grads, state.opt_state, state.params)
-    rate = learning_rate(config, state.step, state.plateau.scale)
+    rate = learning_rate(config, state.step, state.plateau.scale, total_steps)
     params = optax.apply_updates(state.params, jax.tree_util.tree_map(lambda u: -rate * u, updates))
+    ema_params = moving_average(average_decay(config.ema_decay, state.step), state.ema_params,
+                                params)
     flat_grads, _ = ravel_pytree(grads)  # one reduction per check below, not one per leaf
     finite = jnp.isfinite(loss) & jnp.all(jnp.isfinite(flat_grads))
 
@@ -126,6 +160,7 @@ def train_step(config: TrainConfig, state: TrainState, x, z,
     streak = jnp.where(finite, 0, state.nonfinite_streak + 1)
     new_state = state._replace(
         step=state.step + 1, params=keep_if_finite(params, state.params),
+        ema_params=keep_if_finite(ema_params, state.ema_params),
         opt_state=keep_if_finite(opt_state, state.opt_state), nonfinite_streak=streak,
         nonfinite_total=state.nonfinite_total + (~finite).astype(jnp.int32))
     metrics = {"loss": loss, "grad_norm": jnp.linalg.norm(flat_grads), "learning_rate": rate,

@@ -218,7 +218,8 @@ def synthetic_maps(n_sims, maps_per_sim=15, size=64, box_size=25.0, seed=0):
       maps_per_sim: maps per simulation, stored consecutively (map `i` is of sim `i // maps_per_sim`).
       size: pixels per side.
       box_size: side of the box in Mpc/h.
-      seed: a non-negative int; the design and the noise use independent child streams of it.
+      seed: a non-negative int or a sequence of them (`numpy.random.SeedSequence` entropy); the
+        design and the noise use independent child streams of it.
     Returns:
       `MapSet` with maps `(N, size, size)` float32 > 0, params `(N, 2)` (Ωm, σ8) and sim `(N,)`,
       `N = n_sims · maps_per_sim`.

@@ -19,7 +19,8 @@ def first_non_finite(array, name: str, item: str) -> None:
     if bad.any():
         i = int(np.argmax(bad))
         position = np.unravel_index(int(np.argmin(finite[i])), array.shape[1:])
-        raise ValueError(f"{name}: {item} {i} has the non-finite value {float(array[i][position])!r} at "
+        raise ValueError(f"{name}: {item} {i} has the non-finite value "
+                         f"{float(array[i][position])!r} at "
                          f"index {tuple(int(p) for p in position)}; expected finite values")
 
 
@@ -30,7 +31,8 @@ def model_maps(x, image_shape) -> np.ndarray:
     if x.shape == image_shape:
         x = x[None]
     if x.ndim != 4 or x.shape[1:] != image_shape or x.shape[0] < 1:
-        raise ValueError(f"x must have shape {image_shape} (H, W, C) or (B, {', '.join(map(str, image_shape))}) "
+        raise ValueError(f"x must have shape {image_shape} (H, W, C) or "
+                         f"(B, {', '.join(map(str, image_shape))}) "
                          f"with B >= 1, got {x.shape}")
     first_non_finite(x, "x", "map")
     return x
@@ -81,3 +83,23 @@ def grid_axes(axes, dim: int, names) -> tuple:
             raise ValueError(f"grid axis {name} = {axis.tolist()} must be finite and strictly "
                              f"increasing")
     return axes
+
+
+def truths(values, n_maps: int, dim: int) -> np.ndarray:
+    """Physical truths `(n_maps, dim)`, one row per map, finite → float64."""
+    values = np.asarray(values, np.float64)
+    if values.shape != (n_maps, dim):
+        raise ValueError(f"truths has shape {values.shape}; expected ({n_maps}, {dim}), one row "
+                         f"of {dim} physical parameters per map")
+    first_non_finite(values, "truths", "row")
+    return values
+
+
+def point_counts(grid, dim: int, names) -> tuple:
+    """`grid` as `dim` point counts per axis (ints >= 2): an int or a sequence of ints."""
+    counts = (grid,) * dim if isinstance(grid, (int, np.integer)) else tuple(grid)
+    if (len(counts) != dim or not all(isinstance(n, (int, np.integer)) and not isinstance(n, bool)
+                                      and n >= 2 for n in counts)):
+        raise ValueError(f"grid = {counts!r}: expected {dim} point counts (ints >= 2), one "
+                         f"per parameter {tuple(names)}")
+    return tuple(int(n) for n in counts)

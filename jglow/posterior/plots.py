@@ -4,11 +4,13 @@ No pyplot and no global backend state: `Figure.savefig` renders with Agg, so the
 machines without a display and inside other programs' figures managers alike.
 """
 
+import itertools
+
 import numpy as np
-import scipy.stats
 from matplotlib.figure import Figure
 from matplotlib.patches import Rectangle
 
+from jglow.posterior.calibration import COVERAGE_LEVELS, RANK_BINS
 from jglow.posterior.density import LEVELS
 
 LABELS = {"Omega_m": r"$\Omega_m$", "sigma_8": r"$\sigma_8$"}
@@ -21,6 +23,7 @@ def _label(name: str) -> str:
 
 TRUTH_COLOUR = "#d62728"
 REFERENCE_COLOUR = "#2ca02c"
+CURVE_COLOURS = ("#1f5fa8", REFERENCE_COLOUR, "#ff7f0e", "#9467bd")  # model, exact, …
 
 
 def _draw_box(ax, posterior):
@@ -32,8 +35,8 @@ def plot_posterior(posterior, truth=None, reference=None, title=None, label="pos
                    reference_label="reference") -> Figure:
     """Corner figure of a 2-D `GridPosterior`: the joint with filled 68% (dark) and 95% (light)
     HPD regions, the MAP and (if given) the truth `(2,)` marked, the training box dashed when
-    the grid leaves it, and both marginal densities. A `reference` posterior on the same grid
-    (e.g. the exact likelihood's) is drawn as dashed contours and marginals."""
+    the grid leaves it, and both marginal densities. A `reference` posterior (e.g. the exact
+    likelihood's, on its own grid) is drawn as dashed contours and marginals."""
     if len(posterior.axes) != 2:
         raise ValueError(f"plot_posterior draws 2-D posteriors, got {len(posterior.axes)} axes")
     fig = Figure(figsize=(6.4, 6.0), layout="constrained")
@@ -47,11 +50,12 @@ def plot_posterior(posterior, truth=None, reference=None, title=None, label="pos
     joint.contour(x_axis, y_axis, posterior.credible_level.T, levels=LEVELS, colors="k",
                   linewidths=0.6)
     if reference is not None:
-        joint.contour(x_axis, y_axis, reference.credible_level.T, levels=LEVELS,
+        x_ref_axis, y_ref_axis = reference.axes
+        joint.contour(x_ref_axis, y_ref_axis, reference.credible_level.T, levels=LEVELS,
                       colors=REFERENCE_COLOUR, linewidths=1.0, linestyles="--")
         x_reference, y_reference = reference.marginal_densities
-        top.plot(x_axis, x_reference, "--", color=REFERENCE_COLOUR, label=reference_label)
-        side.plot(y_reference, y_axis, "--", color=REFERENCE_COLOUR)
+        top.plot(x_ref_axis, x_reference, "--", color=REFERENCE_COLOUR, label=reference_label)
+        side.plot(y_reference, y_ref_axis, "--", color=REFERENCE_COLOUR)
     if posterior.outside_box:
         _draw_box(joint, posterior)
     joint.set_xlabel(_label(posterior.names[0]))
@@ -80,31 +84,39 @@ def plot_posterior(posterior, truth=None, reference=None, title=None, label="pos
     return fig
 
 
-def plot_coverage(calibrations, confidence=0.99, names=("Omega_m", "sigma_8")) -> Figure:
-    """Calibration figure for several `Calibration`s by name (e.g. {"model": …, "exact": …}):
-    empirical coverage of the HPD regions against their level, with the Binomial band of a
-    calibrated posterior, and histograms of the marginal rank statistics."""
-    fig = Figure(figsize=(4.2 * (1 + len(names)), 4.0), layout="constrained")
+def plot_coverage(calibrations, confidence=0.99) -> Figure:
+    """Calibration figure of several `Calibration`s by name (e.g. {"model": …, "exact": …}),
+    overlaid: the expected-coverage curve (fraction of truths inside the HPD region against its
+    level) with the diagonal and the pointwise Binomial band of a calibrated posterior shaded,
+    the legend giving each curve's largest deviation; then one panel per parameter with the
+    histogram of the marginal ranks (counts per bin) and the Binomial band of a bin's count."""
+    first = next(iter(calibrations.values()))
+    names = first.parameter_names
+    fig = Figure(figsize=(3.2 * (1 + len(names)), 3.0), layout="constrained")
     axes = fig.subplots(1, 1 + len(names))
-    levels = np.linspace(0.0, 1.0, 101)
-    n_maps = max(c.n_maps for c in calibrations.values())
-    low, high = scipy.stats.binom.interval(confidence, n_maps, levels)
-    axes[0].fill_between(levels, low / n_maps, high / n_maps, color="0.85",
-                         label=f"{confidence:.0%} band, N={n_maps}")
+    levels = COVERAGE_LEVELS
+    for n_maps in sorted({c.n_maps for c in calibrations.values()}):
+        calibration = next(c for c in calibrations.values() if c.n_maps == n_maps)
+        low, high = calibration.coverage_band(levels, confidence)
+        axes[0].fill_between(levels, low, high, color="0.85", lw=0,
+                             label=f"{confidence:.0%} band, N={n_maps}")
     axes[0].plot(levels, levels, color="0.4", lw=1)
-    for name, calibration in calibrations.items():
-        empirical = [np.mean(calibration.credibility < a) for a in levels]
-        axes[0].plot(levels, empirical, label=name)
-        for ax, ranks in zip(axes[1:], calibration.marginal_ranks.T):
-            ax.hist(ranks, bins=10, range=(0, 1), density=True, histtype="step", label=name)
+    for colour, (name, calibration) in zip(itertools.cycle(CURVE_COLOURS),
+                                            calibrations.items()):
+        axes[0].plot(levels, calibration.expected_coverage(levels), color=colour,
+                     label=f"{name}: max dev. {calibration.max_coverage_deviation(levels):.3f}")
+        band = calibration.rank_band(RANK_BINS, confidence)
+        for ax, counts in zip(axes[1:], calibration.rank_histograms(RANK_BINS)):
+            ax.stairs(counts, np.linspace(0.0, 1.0, RANK_BINS + 1), color=colour, label=name)
+            ax.axhspan(*band, color="0.85", lw=0, zorder=0)
     for a in LEVELS:
         axes[0].axvline(a, color="0.6", ls=":", lw=1)
-    axes[0].set(xlabel="HPD credibility level", ylabel="coverage of the truth", xlim=(0, 1),
-                ylim=(0, 1), title="HPD coverage")
-    axes[0].legend(fontsize=8)
+    axes[0].set(xlabel="HPD credibility level", ylabel="fraction of truths inside", xlim=(0, 1),
+                ylim=(0, 1), title="expected coverage")
+    axes[0].legend(fontsize=7, loc="upper left")
     for ax, name in zip(axes[1:], names):
-        ax.axhline(1.0, color="0.4", lw=1)
-        ax.set(xlabel=f"marginal CDF at the truth, {_label(name)}", ylabel="density of maps",
-               title="rank statistic")
-        ax.legend(fontsize=8)
+        ax.axhline(first.n_maps / RANK_BINS, color="0.4", lw=1)
+        ax.set(xlabel=f"marginal CDF at the truth, {_label(name)}", ylabel="maps per bin",
+               xlim=(0, 1), ylim=(0, None), title="rank histogram")
+        ax.legend(fontsize=7)
     return fig
