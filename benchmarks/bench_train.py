@@ -57,10 +57,10 @@ def measure_jglow(preset, batch, steps, remat):
 
     import jglow
     from jglow.data import fit_preprocessing, synthetic_maps
-    from train import memory, parallel
-    from train.config import PRESETS
-    from train.main import compiled_functions
-    from train.state import init_state
+    from jglow.train import memory, parallel
+    from jglow.train.config import PRESETS
+    from jglow.train.main import compiled_functions
+    from jglow.train.state import init_state
 
     base = PRESETS[preset]()
     config = dataclasses.replace(base, batch_size=batch,
@@ -108,7 +108,7 @@ def measure_reference(path, batch, steps):
 
 
 def _preset_remat_steps(preset):
-    from train.config import PRESETS
+    from jglow.train.config import PRESETS
 
     return PRESETS[preset]().model.remat_steps
 

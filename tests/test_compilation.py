@@ -92,7 +92,7 @@ def test_importing_jglow_does_not_start_jax_so_distributed_can_still_initialize(
     with socket.socket() as free:
         free.bind(("localhost", 0))
         port = free.getsockname()[1]
-    code = ("import jax, jglow, jglow.posterior, train.main\n"
+    code = ("import jax, jglow, jglow.posterior, jglow.train.main\n"
             f"jax.distributed.initialize('localhost:{port}', num_processes=1, process_id=0)\n"
             "print(jax.process_count(), float(jglow.compilation.jit(lambda x: x + 1)(1.0)))\n")
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,

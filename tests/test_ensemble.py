@@ -16,8 +16,8 @@ from jglow.data import fit_preprocessing, synthetic_maps
 from jglow.ensemble import member, sample_with_members, stack
 from jglow.saving import TrainedModel
 from helpers import tiny_config, toy_batch
-from train import ensemble as train_ensemble
-from train import evaluate
+from jglow.train import ensemble as train_ensemble
+from jglow.train import evaluate
 
 FLAGS = ["--map-size", "16", "--levels", "1", "--steps", "2", "--hidden", "8", "--n-sims", "20",
          "--batch-size", "16", "--epochs", "1", "--figure-every", "0", "--no-progress"]

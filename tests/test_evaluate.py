@@ -13,9 +13,9 @@ from helpers import adam_steps
 import jglow
 from jglow import stats
 from jglow.saving import TrainedModel
-from train import checkpoints, evaluate, report
-from train.config import build_parser, config_from_args
-from train.data import prepare
+from jglow.train import checkpoints, evaluate, report
+from jglow.train.config import build_parser, config_from_args
+from jglow.train.data import prepare
 
 FLAGS = ["--map-size", "16", "--levels", "1", "--steps", "2", "--hidden", "8", "--n-sims", "20",
          "--batch-size", "16"]

@@ -13,7 +13,7 @@ from test_posterior import perturbed
 import jglow
 from jglow.data import PRIOR_BOX, fit_preprocessing, synthetic_maps
 from jglow.saving import TrainedModel, save
-from train import infer, report
+from jglow.train import infer, report
 
 GRID = "10"
 

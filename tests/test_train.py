@@ -21,11 +21,11 @@ import pytest
 
 import jglow
 from jglow.data import synthetic_maps
-from train import checkpoints, parallel
-from train.config import TrainConfig, UsageError, build_parser, config_from_args
-from train.data import prepare
-from train.main import RunResult, TrainingStopped, compiled_functions, initial_state, main, run
-from train.state import end_epoch, init_state, learning_rate, loss_fn, record_validation
+from jglow.train import checkpoints, parallel
+from jglow.train.config import TrainConfig, UsageError, build_parser, config_from_args
+from jglow.train.data import prepare
+from jglow.train.main import RunResult, TrainingStopped, compiled_functions, initial_state, main, run
+from jglow.train.state import end_epoch, init_state, learning_rate, loss_fn, record_validation
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 FLAGS = ["--map-size", "16", "--levels", "2", "--steps", "2", "--hidden", "8", "--n-sims", "20",
@@ -201,7 +201,7 @@ def test_best_checkpoint_is_kept_beside_the_latest(tmp_path):
 
 
 def test_indices_of_an_epoch_cover_the_training_set_once():
-    from train.data import batch_indices
+    from jglow.train.data import batch_indices
     seen = np.concatenate([batch_indices(7, step, 50, 8) for step in range(6)])
     assert len(np.unique(seen)) == 48
     np.testing.assert_array_equal(batch_indices(7, 6, 50, 8), batch_indices(7, 6, 50, 8))
@@ -213,9 +213,9 @@ import json, sys, tempfile
 import jax
 import numpy as np
 from tests.test_train import one_step, tiny
-from train import parallel
-from train.config import UsageError
-from train.main import run
+from jglow.train import parallel
+from jglow.train.config import UsageError
+from jglow.train.main import run
 
 report = one_step(parallel.make_mesh(jax.devices()))
 np.savez(sys.argv[1], *report.pop("params"))
@@ -419,7 +419,7 @@ def test_the_moving_average_follows_its_recursion_and_leaves_the_constants_exact
 
 
 def test_fresh_data_gives_new_simulations_each_epoch_as_a_function_of_seed_and_epoch():
-    from train.data import epoch_training_set
+    from jglow.train.data import epoch_training_set
     fixed, fresh = tiny(), tiny("--fresh-data")
     data = tiny_data()
     assert epoch_training_set(fixed, data, 3) is data.train

@@ -23,7 +23,7 @@ from optax.contrib import ReduceLROnPlateauState, reduce_on_plateau
 import jglow
 from jglow.data import augment
 from jglow.model import GlowParams, condition, log_prob_given
-from train.config import TrainConfig
+from jglow.train.config import TrainConfig
 
 
 class TrainState(NamedTuple):

@@ -17,7 +17,7 @@ import numpy as np
 from jglow.data import (MapSet, Preprocessing, fit_preprocessing, load_camels,
                         split_by_simulation, synthetic_log_prob, synthetic_maps)
 from jglow.data.validation import map_chunks
-from train.config import TrainConfig, UsageError
+from jglow.train.config import TrainConfig, UsageError
 
 SYNTHETIC_SEED = 0
 FRESH_DATA_STREAM = 1

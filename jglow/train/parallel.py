@@ -17,7 +17,7 @@ from jax import lax
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from jglow.compilation import jit
-from train.config import UsageError
+from jglow.train.config import UsageError
 
 AXIS = "data"
 

@@ -14,9 +14,9 @@ import matplotlib.ticker
 import numpy as np
 
 from jglow.saving import CONFIG_FILE
-from train import figures
-from train.figures import DPI, plt
-from train.metrics import json_safe
+from jglow.train import figures
+from jglow.train.figures import DPI, plt
+from jglow.train.metrics import json_safe
 
 MODEL_COLOUR, EXACT_COLOUR = "C1", "0.4"
 

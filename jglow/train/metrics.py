@@ -18,7 +18,7 @@ import numpy as np
 from jax.sharding import Mesh
 
 from jglow.model import GlowParams, condition, log_prob_given
-from train import parallel
+from jglow.train import parallel
 
 METRICS_FILE = "metrics.jsonl"
 

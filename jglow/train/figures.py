@@ -24,7 +24,7 @@ import numpy as np  # noqa: E402
 import jglow  # noqa: E402
 from jglow.data import Preprocessing  # noqa: E402
 from jglow.stats import power_spectrum  # noqa: E402
-from train.data import BOX_SIZE, Split  # noqa: E402
+from jglow.train.data import BOX_SIZE, Split  # noqa: E402
 
 FIGURE_DIR = "figures"
 GRID_SIMS, GRID_MAPS, SPECTRUM_MAPS = 4, 3, 64

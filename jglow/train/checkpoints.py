@@ -18,7 +18,7 @@ import jax
 import orbax.checkpoint as ocp
 from orbax.checkpoint.checkpoint_managers import AnyPreservationPolicy, BestN, LatestN
 
-from train.config import TrainConfig, UsageError
+from jglow.train.config import TrainConfig, UsageError
 
 RUN_FILE = "run.json"
 CHECKPOINT_DIR = "checkpoints"
