@@ -111,7 +111,8 @@ def load_camels(maps_path, params_path=None, maps_per_sim=15, downsample=1, colu
     maps_path = pathlib.Path(maps_path)
     if not maps_path.is_file():
         raise FileNotFoundError(f"maps file not found: {maps_path}")
-    params_path = _params_path_beside(maps_path) if params_path is None else pathlib.Path(params_path)
+    params_path = (_params_path_beside(maps_path) if params_path is None
+                   else pathlib.Path(params_path))
     if not params_path.is_file():
         raise FileNotFoundError(f"parameter file not found: {params_path}")
 
