@@ -34,9 +34,9 @@ TINY = ["--map-size", "16", "--levels", "2", "--steps", "2", "--hidden", "8", "-
 
 def one_error_line(capsys) -> str:
     """The single line the command wrote to stderr (after `error: `); fails on anything else."""
-    lines = capsys.readouterr().err.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("error: "), lines
-    assert "Traceback" not in lines[0]
+    err = capsys.readouterr().err
+    lines = err.strip().splitlines()
+    assert "Traceback" not in err and len(lines) == 1 and lines[0].startswith("error: "), lines
     return lines[0][len("error: "):]
 
 
