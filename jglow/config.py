@@ -45,7 +45,8 @@ class GlowConfig:
         shape = tuple(int(s) for s in self.image_shape)
         object.__setattr__(self, "image_shape", shape)
         if len(shape) != 3 or min(shape) < 1:
-            raise ValueError(f"image_shape must be (H, W, C) with positive sides, got {self.image_shape}")
+            raise ValueError(f"image_shape must be (H, W, C) with positive sides, got "
+                             f"{self.image_shape}")
         for name in ("cond_dim", "levels", "steps", "hidden", "cond_hidden"):
             value = getattr(self, name)
             if not isinstance(value, int) or value < 1:
@@ -62,7 +63,8 @@ class GlowConfig:
             raise ValueError(f"clamp must lie in (0, 1), got {self.clamp}")
 
     def level_shape(self, level: int) -> Tuple[int, int, int]:
-        """`(H, W, C)` inside the flow steps of `level` (0-based); `level == levels` is the final block."""
+        """`(H, W, C)` inside the flow steps of `level` (0-based); `level == levels` is the final
+        block."""
         height, width, channels = self.image_shape
         for _ in range(min(level, self.levels)):  # levels passed: squeeze, keep the first half
             height, width, channels = height // 2, width // 2, (4 * channels) // 2

@@ -1,4 +1,5 @@
-"""A flow step (1×1 conv → affine injector → coupling) and a stack of `K` of them under `lax.scan`."""
+"""A flow step (1×1 conv → affine injector → coupling) and a stack of `K` of them under
+`lax.scan`."""
 
 import dataclasses
 
@@ -32,7 +33,8 @@ class FlowStep:
         return {name: part.init(k) for (name, part), k in zip(self.parts.items(), keys)}
 
     def condition(self, params, z, height, width):
-        """Everything that depends only on `z (N, D)`: the injector's and coupling's condition terms."""
+        """Everything that depends only on `z (N, D)`: the injector's and coupling's condition
+        terms."""
         parts = self.parts
         return {name: parts[name].condition(params[name], z, height, width)
                 for name in ("injector", "coupling")}

@@ -57,7 +57,8 @@ def _level_blocks(params: GlowParams):
     """`(spatial shape, StepStack, block params)` for each level and then the final block."""
     config = params.config
     blocks = list(params.levels) + [params.final]
-    return [(config.level_shape(l)[:2], _stack(config, l), block) for l, block in enumerate(blocks)]
+    return [(config.level_shape(level)[:2], _stack(config, level), block)
+            for level, block in enumerate(blocks)]
 
 
 # --- initialisation --------------------------------------------------------------------------
@@ -185,7 +186,8 @@ def _decode(params, latents, z):
 def _sample(params, key, z, temperature):
     conditioning = condition(params, z)
     keys = jax.random.split(key, len(conditioning["priors"]))
-    latents = [draw(k, mlv, z.shape[0], temperature) for k, mlv in zip(keys, conditioning["priors"])]
+    latents = [draw(k, mlv, z.shape[0], temperature)
+               for k, mlv in zip(keys, conditioning["priors"])]
     x, _ = flow_inverse(params, latents, conditioning)
     return x
 

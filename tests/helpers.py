@@ -8,24 +8,28 @@ import jglow
 
 
 def tiny_config(**overrides):
-    """A 16×16×1 model with 2 levels of 2 steps: seconds to compile, enough to exercise every path."""
+    """A 16×16×1 model with 2 levels of 2 steps: seconds to compile, enough to exercise every
+    path."""
     settings = dict(image_shape=(16, 16, 1), levels=2, steps=2, hidden=8, cond_hidden=8)
     settings.update(overrides)
     return jglow.GlowConfig(**settings)
 
 
 def toy_batch(config, n, seed=0):
-    """Correlated, non-Gaussian maps whose law depends on conditions in [−1, 1]: `(x (n,H,W,C), z (n,D))`."""
+    """Correlated, non-Gaussian maps whose law depends on conditions in [−1, 1]:
+    `(x (n,H,W,C), z (n,D))`."""
     key_x, key_z = jax.random.split(jax.random.PRNGKey(seed))
     z = jax.random.uniform(key_z, (n, config.cond_dim), minval=-1.0, maxval=1.0)
     noise = jax.random.normal(key_x, (n, *config.image_shape))
     smooth = 0.5 * (noise + jnp.roll(noise, 1, axis=1))
-    x = smooth * (1.0 + 0.5 * z[:, :1, None, None]) + 0.3 * z[:, 1:, None, None] + 0.2 * jnp.sin(3.0 * smooth)
+    x = (smooth * (1.0 + 0.5 * z[:, :1, None, None]) + 0.3 * z[:, 1:, None, None]
+         + 0.2 * jnp.sin(3.0 * smooth))
     return x, z
 
 
 def adam_steps(loss_fn, params, mask, steps=10, learning_rate=1e-3):
-    """`steps` Adam updates of `loss_fn(params)`, leaving the leaves where `mask` is False untouched.
+    """`steps` Adam updates of `loss_fn(params)`, leaving the leaves where `mask` is False
+    untouched.
 
     Used to move zero-initialised couplings and injectors off the identity before checking
     inverses and log-dets: a zero network proves nothing.

@@ -136,7 +136,8 @@ def test_scratch_memory_comes_in_blocks_below_mallocs_mmap_threshold(tmp_path):
     done = subprocess.run([sys.executable, "-c", _SCRATCH_PROGRAMS], capture_output=True,
                           text=True, timeout=300, env=environment)
     assert done.returncode == 0, done.stderr[-2000:]
-    plain, with_options = _scratch_blocks(tmp_path, "plain_program"), _scratch_blocks(tmp_path, "jglow_program")
+    plain = _scratch_blocks(tmp_path, "plain_program")
+    with_options = _scratch_blocks(tmp_path, "jglow_program")
     assert max(plain) >= 48 * 2**20
     assert max(with_options) <= 30 * 2**20
     assert sum(with_options) >= 48 * 2**20

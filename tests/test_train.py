@@ -24,7 +24,8 @@ from jglow.data import synthetic_maps
 from jglow.train import checkpoints, parallel
 from jglow.train.config import TrainConfig, UsageError, build_parser, config_from_args
 from jglow.train.data import prepare
-from jglow.train.main import RunResult, TrainingStopped, compiled_functions, initial_state, main, run
+from jglow.train.main import (RunResult, TrainingStopped, compiled_functions, initial_state, main,
+                              run)
 from jglow.train.state import end_epoch, init_state, learning_rate, loss_fn, record_validation
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
@@ -339,7 +340,8 @@ def test_learning_rate_plateau_and_early_stopping_counters():
         scales.append(float(state.plateau.scale))
         assert not bool(improved)
     assert int(state.bad_epochs) == 30 and float(state.best_val_nll) == 5.0
-    assert scales[8] == 1.0 and scales[9] == pytest.approx(0.8) and scales[19] == pytest.approx(0.64)
+    assert scales[8] == 1.0 and scales[9] == pytest.approx(0.8)
+    assert scales[19] == pytest.approx(0.64)
     state, improved = end_epoch(config, state, jnp.float32(jnp.nan))
     assert not bool(improved) and int(state.bad_epochs) == 31  # NaN never improves
     state, improved = record_validation(state, jnp.float32(4.0))
@@ -441,4 +443,5 @@ def test_fresh_data_is_refused_for_real_files(tmp_path):
 
 def test_run_record_round_trips_to_the_same_config():
     config = tiny("--lr", "3e-4", "--levels", "1")
-    assert TrainConfig.from_identity(json.loads(json.dumps(config.identity()))) == config.canonical()
+    restored = TrainConfig.from_identity(json.loads(json.dumps(config.identity())))
+    assert restored == config.canonical()

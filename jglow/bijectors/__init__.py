@@ -16,4 +16,5 @@ from jglow.bijectors.invconv import InvConv1x1
 from jglow.bijectors.squeeze import Squeeze
 from jglow.bijectors.split import merge, split
 
-__all__ = ["ActNorm", "AffineInjector", "ConditionalCoupling", "InvConv1x1", "Squeeze", "merge", "split"]
+__all__ = ["ActNorm", "AffineInjector", "ConditionalCoupling", "InvConv1x1", "Squeeze", "merge",
+           "split"]

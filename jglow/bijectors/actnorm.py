@@ -12,7 +12,8 @@ CONSTANT_CHANNEL_STD = 1e-6
 @dataclasses.dataclass(frozen=True)
 class ActNorm:
     def init(self, key, x):
-        """Parameters that map the batch `x (N, H, W, C)` to zero mean, unit variance per channel."""
+        """Parameters that map the batch `x (N, H, W, C)` to zero mean, unit variance per
+        channel."""
         mean = jnp.mean(x, axis=(0, 1, 2))
         std = jnp.std(x, axis=(0, 1, 2))
         safe_std = jnp.where(std > CONSTANT_CHANNEL_STD, std, 1.0)

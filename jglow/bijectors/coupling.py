@@ -39,9 +39,11 @@ class ConditionalCoupling:
         return numpy_init(self.net, numpy_generator(key), xa, field, method=CouplingNet.init_all)
 
     def condition(self, params, z, height, width):
-        """`z (N, D)` → the conditions' part of the first conv, `(N, h, w, hidden)` with h, w ≤ 3."""
+        """`z (N, D)` → the conditions' part of the first conv, `(N, h, w, hidden)` with
+        h, w ≤ 3."""
         field = constant_field.depth_zero_field(z)
-        return self.net.apply({"params": params}, field, (height, width), method=CouplingNet.condition_term)
+        return self.net.apply({"params": params}, field, (height, width),
+                              method=CouplingNet.condition_term)
 
     def _scale_shift(self, params, xa, cond):
         _, h, w, _ = xa.shape

@@ -1,4 +1,5 @@
-"""Split of the channels in half (SPEC §2, step 4): the first half continues, the second is a latent."""
+"""Split of the channels in half (SPEC §2, step 4): the first half continues, the second is a
+latent."""
 
 import jax.numpy as jnp
 

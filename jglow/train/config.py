@@ -12,10 +12,7 @@ import dataclasses
 from typing import Optional
 
 from jglow.config import GlowConfig, paper_config
-
-
-class UsageError(ValueError):
-    """A refused request (bad flag, absent device, mismatched workdir): shown without traceback."""
+from jglow.train.cli import ArgumentParser, UsageError
 
 
 @dataclasses.dataclass(frozen=True)
@@ -82,19 +79,22 @@ class TrainConfig:
         for name in positive:
             value = getattr(self, name)
             if not isinstance(value, int) or value < 1:
-                raise UsageError(f"{name} must be a positive integer, got {value!r}")
+                raise UsageError(f"{_named(name)} must be a positive integer, got {value!r}")
         for name in ("checkpoint_every", "figure_every"):
             if getattr(self, name) < 0:
-                raise UsageError(f"{name} must be >= 0, got {getattr(self, name)!r}")
+                raise UsageError(f"{_named(name)} must be >= 0, got {getattr(self, name)!r}")
         if self.max_steps is not None and self.max_steps < 1:
-            raise UsageError(f"max_steps must be a positive integer, got {self.max_steps!r}")
+            raise UsageError(f"--max-steps must be a positive integer, got {self.max_steps!r}")
+        if not self.learning_rate > 0.0:
+            raise UsageError(f"{_named('learning_rate')} must be > 0, got "
+                             f"{self.learning_rate!r}")
         if not 0.0 < self.min_learning_rate <= self.learning_rate:
-            raise UsageError(f"need 0 < min_learning_rate <= learning_rate, got "
+            raise UsageError(f"need 0 < min_learning_rate <= {_named('learning_rate')}, got "
                              f"{self.min_learning_rate} and {self.learning_rate}")
         if self.schedule not in SCHEDULES:
             raise UsageError(f"schedule {self.schedule!r}: expected one of {SCHEDULES}")
         if not 0.0 <= self.ema_decay < 1.0:
-            raise UsageError(f"ema_decay must be in [0, 1), got {self.ema_decay!r}")
+            raise UsageError(f"--ema-decay must be in [0, 1), got {self.ema_decay!r}")
         if self.fresh_data and self.data != "synthetic":
             raise UsageError(f"fresh data needs the synthetic generator; --data is "
                              f"{self.data!r}")
@@ -173,8 +173,7 @@ PRESETS = {"quick": quick_preset, "standard": standard_preset, "paper": paper_pr
 
 def build_parser() -> argparse.ArgumentParser:
     """The command line of `python -m train.main`."""
-    parser = argparse.ArgumentParser(
-        prog="python -m train.main",
+    parser = ArgumentParser(
         description="Train a conditional Glow on HI maps, data-parallel over every local device. "
                     "Re-running the same command in the same --workdir resumes the run.",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter)
@@ -240,6 +239,16 @@ _OVERRIDES = {"n_sims": "n_sims", "lr": "learning_rate", "batch_size": "batch_si
               "preprocessing": "preprocessing", "seed": "seed", "fresh_data": "fresh_data",
               "schedule": "schedule", "ema_decay": "ema_decay"}
 _MODEL_OVERRIDES = ("levels", "steps", "hidden")
+
+
+def _named(field: str) -> str:
+    """A `TrainConfig` field as a message names it: its flag (`--epochs`), with the field's
+    name where they differ (`learning_rate (--lr)`), or the name alone if no flag sets it."""
+    flags = [flag for flag, name in _OVERRIDES.items() if name == field]
+    if not flags:
+        return field
+    flag = "--" + flags[0].replace("_", "-")
+    return flag if flags[0] == field else f"{field} ({flag})"
 
 
 def config_from_args(args: argparse.Namespace) -> TrainConfig:

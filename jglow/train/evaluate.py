@@ -44,7 +44,6 @@ statistics: the score of a perfect emulator with this many maps.
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import json
 import pathlib
@@ -63,7 +62,7 @@ from jglow.posterior.density import parameter_names
 from jglow.saving import TrainedModel
 from jglow.stats import (ks_distance, mean_std_power, pixel_pdfs, power_spectrum, r2_score,
                          score_summary, spectrum_ratios, within_standard_errors)
-from jglow.train import figures, infer, report
+from jglow.train import cli, figures, infer, report
 from jglow.train.checkpoints import RUN_FILE
 from jglow.train.config import TrainConfig, UsageError
 from jglow.train.data import (BOX_SIZE, SPLIT_FRACTIONS, SPLIT_SEED, Split, exact_nll, load_mapset)
@@ -393,13 +392,9 @@ def health_section(samples: dict, reconstruction: dict) -> dict:
 
 def check_options(options: Options) -> None:
     """Refuse option values the statistics cannot use, naming the value and what is expected."""
-    minimum = {"n_maps": 2, "samples_per_sim": 2, "grid": 3 if options.zoom else 2,
-               "figures": 0, "batch": 1}
-    for name, low in minimum.items():
-        value = getattr(options, name)
-        if not isinstance(value, int) or value < low:
-            raise UsageError(f"--{name.replace('_', '-')} {value!r}: expected an integer "
-                             f">= {low}")
+    cli.check_at_least(options._asdict(), {"n_maps": 2, "samples_per_sim": 2,
+                                           "grid": 3 if options.zoom else 2, "figures": 0,
+                                           "batch": 1})
 
 
 def load_inputs(options: Options) -> tuple:
@@ -472,8 +467,7 @@ def evaluate(options: Options) -> dict:
 
 
 def parse_args(argv=None) -> Options:
-    parser = argparse.ArgumentParser(prog="python -m train.evaluate",
-                                     description=__doc__.split("\n\n")[0])
+    parser = cli.ArgumentParser(description=__doc__.split("\n\n")[0])
     add = parser.add_argument
     add("--model", required=True, help="workdir of a training run (python -m train.main)")
     add("--data", help="'synthetic' or a CAMELS maps path; its test split is evaluated "
@@ -502,14 +496,10 @@ def parse_args(argv=None) -> Options:
                    not args.no_zoom)
 
 
+@cli.command
 def main(argv=None) -> int:
-    """The command line: 0 when the report is written, 2 when the request is refused."""
-    options = parse_args(argv)
-    try:
-        result = evaluate(options)
-    except (UsageError, FileNotFoundError) as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 2
+    """The command line: 0 when the report is written, 2 when the request is refused (`cli`)."""
+    result = evaluate(parse_args(argv))
     print(report.headline(result))
     for warning in report.warnings_of(result):
         print(warning, file=sys.stderr)

@@ -26,7 +26,6 @@ reached on held-out data is printed from `WORKDIR/evaluation/report.json` (`pyth
 train.evaluate`), with a `warning:` line on stderr when it is outside the binomial band.
 """
 
-import argparse
 import json
 import os
 import sys
@@ -34,22 +33,24 @@ import sys
 import numpy as np
 
 from jglow import posterior
-from jglow.data import synthetic_maps
+from jglow.data import PRIOR_BOX, synthetic_maps
+from jglow.errors import InputError
 from jglow.saving import load
-from jglow.train import report
+from jglow.train import cli, report
 
 
 def load_maps(path, params_path=None):
-    """`(maps (N, H, W) float32, truths (N, 2) or None)` from `.npy` files."""
+    """`(maps (N, H, W) float32, truths (N, 2) or None)` from `.npy` files; `InputError` for
+    arrays of other shapes."""
     maps = np.load(path, mmap_mode="r")
     maps = np.asarray(maps[None] if maps.ndim == 2 else maps, np.float32)
     if maps.ndim != 3:
-        raise ValueError(f"{path}: expected maps of shape (H, W) or (N, H, W), got {maps.shape}")
+        raise InputError(f"{path}: expected maps of shape (H, W) or (N, H, W), got {maps.shape}")
     if params_path is None:
         return maps, None
     truths = np.atleast_2d(np.load(params_path)).astype(np.float64)
     if truths.shape not in ((1, 2), (maps.shape[0], 2)):
-        raise ValueError(f"{params_path}: expected parameters of shape (2,) or "
+        raise InputError(f"{params_path}: expected parameters of shape (2,) or "
                          f"({maps.shape[0]}, 2), got {truths.shape}")
     return maps, np.broadcast_to(truths, (maps.shape[0], 2))
 
@@ -145,10 +146,12 @@ def infer(model, maps, out_dir, truths=None, exact=None, grid=30, chunk_size=Non
       zoom: a coarse pass, then a fine grid per map where its posterior is (default).
     Returns:
       The summary dict (also written to `summary.json`).
+    Raises:
+      InputError: maps not of shape `(N, H, W)` with the model's `H, W`.
     """
     height, width, _ = model.params.config.image_shape
     if np.ndim(maps) != 3 or np.shape(maps)[1:] != (height, width):
-        raise ValueError(f"maps must have shape (N, {height}, {width}) for this model, got "
+        raise InputError(f"maps must have shape (N, {height}, {width}) for this model, got "
                          f"{np.shape(maps)}")
     os.makedirs(out_dir, exist_ok=True)
     box = model.preprocessing.box
@@ -177,8 +180,7 @@ def infer(model, maps, out_dir, truths=None, exact=None, grid=30, chunk_size=Non
 
 
 def parse_args(argv=None):
-    parser = argparse.ArgumentParser(prog="python -m train.infer",
-                                     description=__doc__.split("\n\n")[0])
+    parser = cli.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--model", required=True,
                         help="workdir of a trained model (jglow.saving.load)")
     source = parser.add_mutually_exclusive_group(required=True)
@@ -204,17 +206,30 @@ def parse_args(argv=None):
     args = parser.parse_args(argv)
     if args.params and args.synthetic:
         parser.error("--params goes with --map; synthetic maps come with their parameters")
+    if len(args.grid) not in (1, len(PRIOR_BOX)):
+        parser.error(f"--grid {' '.join(map(str, args.grid))}: expected one count, or one per "
+                     f"parameter ({len(PRIOR_BOX)})")
+    cli.check_at_least({**vars(args), "grid": min(args.grid)},
+                       {"synthetic": 1, "grid": 2 if args.no_zoom else 3, "chunk_size": 1,
+                        "map_batch": 1, "figures": 0})
     return args
 
 
-def main(argv=None) -> dict:
+def run(argv=None) -> dict:
+    """The command without its exit status: parse `argv`, write the posteriors (module
+    docstring), print the summary and the held-out calibration.
+
+    Returns the summary dict (also in `summary.json`); raises the errors that `main` reports
+    (`cli.INPUT_ERRORS`).
+    """
     args = parse_args(argv)
     model = load(args.model)
     exact = None
     if args.synthetic:
         height, width, _ = model.params.config.image_shape
         if height != width:
-            raise ValueError(f"synthetic maps are square; the model's maps are {height}x{width}")
+            raise cli.UsageError(f"--synthetic {args.synthetic}: synthetic maps are square; the "
+                                 f"model's maps are {height}x{width}")
         held_out = synthetic_maps(args.synthetic, 1, size=height, box_size=args.box_size,
                                   seed=args.seed)
         maps, truths = np.asarray(held_out.maps), np.asarray(held_out.params, np.float64)
@@ -236,5 +251,12 @@ def main(argv=None) -> dict:
     return summary
 
 
+@cli.command
+def main(argv=None) -> int:
+    """The command line: 0 when the posteriors are written, 2 when refused (`cli`)."""
+    run(argv)
+    return 0
+
+
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

@@ -24,7 +24,7 @@ from tqdm import tqdm
 
 import jglow
 from jglow.saving import TrainedModel
-from jglow.train import checkpoints, figures, memory, parallel
+from jglow.train import checkpoints, cli, figures, memory, parallel
 from jglow.train.config import (PRESET_NOTES, TrainConfig, UsageError, build_parser,
                           config_from_args)
 from jglow.train.data import Data, batch_indices, epoch_training_set, prepare, steps_per_epoch
@@ -33,7 +33,7 @@ from jglow.train.state import (TrainState, bits_per_dim, end_epoch, init_state, 
                          record_validation, train_step)
 
 
-class TrainingStopped(RuntimeError):
+class TrainingStopped(cli.Stopped):
     """The run was stopped: too many consecutive non-finite steps."""
 
 
@@ -280,6 +280,8 @@ def run(config: TrainConfig, workdir, accelerator: Optional[str] = None,
       UsageError: absent accelerator, batch not divisible by the device count, a workdir
         holding another configuration (without `overwrite`), unusable data.
       FileNotFoundError: a `config.data` path that holds no CAMELS maps.
+      InputError: CAMELS files that cannot be used (a bad pixel, a map count that does not
+        match the parameter file, ...).
       TrainingStopped: `config.max_nonfinite` non-finite steps in a row.
     """
     mesh = parallel.make_mesh(parallel.select_devices(accelerator))
@@ -305,23 +307,17 @@ def run(config: TrainConfig, workdir, accelerator: Optional[str] = None,
         manager.close()
 
 
+@cli.command
 def main(argv=None) -> int:
-    """The command line: returns the exit status (0 done, 2 refused, 1 stopped)."""
+    """The command line: returns the exit status (0 done, 2 refused, 1 stopped; `cli`)."""
     args = build_parser().parse_args(argv)
-    try:
-        config = config_from_args(args)
-        if args.coordinator is not None:
-            jax.distributed.initialize(coordinator_address=args.coordinator,
-                                       num_processes=args.num_processes,
-                                       process_id=args.process_id)
-        result = run(config, args.workdir, args.accelerator, args.overwrite,
-                     progress=not args.no_progress)
-    except (UsageError, FileNotFoundError) as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 2
-    except TrainingStopped as error:
-        print(f"stopped: {error}", file=sys.stderr)
-        return 1
+    config = config_from_args(args)
+    if args.coordinator is not None:
+        jax.distributed.initialize(coordinator_address=args.coordinator,
+                                   num_processes=args.num_processes,
+                                   process_id=args.process_id)
+    result = run(config, args.workdir, args.accelerator, args.overwrite,
+                 progress=not args.no_progress)
     final = parallel.host_value(result.state)
     best = bits_per_dim(final.best_val_nll, config.model.dim)
     print(f"{result.reason}: step {int(final.step)}; best validation {best:.4f} bits/dim; "
