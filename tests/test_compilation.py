@@ -33,15 +33,15 @@ def test_options_this_jaxlib_refuses_are_dropped_one_by_one(monkeypatch):
     known = {"xla_cpu_use_fusion_emitters": False}
     bad_value = {"xla_cpu_experimental_ynn_fusion_type": "NO_SUCH_TYPE"}
     monkeypatch.setattr(compilation, "PREFERRED_OPTIONS", {**known, **UNKNOWN_OPTIONS, **bad_value})
-    compilation.compiler_options.cache_clear()
+    compilation.accepted_options.cache_clear()
     try:
         assert compilation.compiler_options() == known
         monkeypatch.setattr(compilation, "PREFERRED_OPTIONS", {**UNKNOWN_OPTIONS, **bad_value})
-        compilation.compiler_options.cache_clear()
+        compilation.accepted_options.cache_clear()
         assert compilation.compiler_options() is None
     finally:
         monkeypatch.undo()
-        compilation.compiler_options.cache_clear()
+        compilation.accepted_options.cache_clear()
     assert compilation.compiler_options() == compilation.PREFERRED_OPTIONS
 
 

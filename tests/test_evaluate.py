@@ -216,6 +216,12 @@ def test_the_measured_calibration_is_in_the_headline_and_what_infer_prints(evalu
          f"{tmp_path / 'elsewhere'}"], [])
 
 
+def test_the_default_batch_on_the_cpu_is_recorded_but_not_in_the_command(evaluated):
+    _, data, _, _ = evaluated
+    assert data["options"]["batch"] == evaluate.CPU_BATCH == 256
+    assert "--batch" not in data["command"]
+
+
 def test_zoom_is_the_default_and_its_switch_is_reproduced():
     assert evaluate.parse_args(["--model", "w"]).zoom
     options = evaluate.parse_args(["--model", "w", "--no-zoom", "--grid", "2"])

@@ -45,6 +45,7 @@ statistics: the score of a perfect emulator with this many maps.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import pathlib
 import sys
@@ -52,11 +53,13 @@ import time
 from typing import NamedTuple, Optional
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 from tqdm import tqdm
 
 import jglow
-from jglow import posterior
+from jglow import backend, posterior
+from jglow.compilation import jit
 from jglow.data import sample_synthetic, split_by_simulation
 from jglow.posterior.density import parameter_names
 from jglow.saving import TrainedModel
@@ -71,6 +74,12 @@ from jglow.train.state import bits_per_dim
 R2_THRESHOLD = 0.9
 N_STANDARD_ERRORS = 2.0
 WORST_SIMS = 5
+CPU_BATCH = 256
+"""Maps per model call by default on the CPU."""
+ACCELERATOR_MAX_BATCH = 4096
+"""On an accelerator, the most maps per model call by default whatever the memory."""
+MEASURED_MAPS = 8
+"""Maps of the sampling program whose memory gives the memory per map."""
 
 
 class Options(NamedTuple):
@@ -83,7 +92,7 @@ class Options(NamedTuple):
     samples_per_sim: int = 50
     grid: int = 30
     figures: int = 3
-    batch: int = 256
+    batch: Optional[int] = None
     seed: int = 0
     progress: bool = True
     zoom: bool = True
@@ -125,6 +134,35 @@ def spread_maps(sim, n) -> np.ndarray:
 
 
 # --- model calls in fixed-shape batches ------------------------------------------------------
+
+def default_batch(params) -> int:
+    """Maps per model call when `--batch` is not given: `CPU_BATCH` on the CPU
+    (`jglow.backend.on_cpu`); on an accelerator as many as fill `jglow.backend.MEMORY_FRACTION`
+    of the device's free memory at the sampling program's memory per map
+    (`sampling_bytes_per_map`), at most `ACCELERATOR_MAX_BATCH` (`CPU_BATCH` where the device
+    reports no memory limit)."""
+    if backend.on_cpu():
+        return CPU_BATCH
+    return backend.items_per_call(sampling_bytes_per_map(params), ACCELERATOR_MAX_BATCH,
+                                  CPU_BATCH)
+
+
+def sampling_bytes_per_map(params) -> float:
+    """Device memory per map of `jglow.sample` for `params` (a `GlowParams` or
+    `EnsembleParams`), in bytes: the scratch and output of the program for `MEASURED_MAPS`
+    maps, divided by that count (the constant part counted in, so this errs high). Sampling
+    stands for the model calls of the evaluation (log_prob, encode, decode: the same flow at
+    the same batch). Compiled once per process for each parameter structure; nothing is run."""
+    return _sampling_bytes_per_map(backend.signature(params))
+
+
+@functools.lru_cache(maxsize=4)
+def _sampling_bytes_per_map(params_signature) -> float:
+    params = backend.from_signature(params_signature)
+    z = jax.ShapeDtypeStruct((MEASURED_MAPS, params.config.cond_dim), jnp.float32)
+    program = jit(lambda p, key, conditions: jglow.sample(p, key, conditions))
+    return backend.program_bytes(program, params, jax.random.key(0), z) / MEASURED_MAPS
+
 
 def in_batches(fn, arrays, batch, desc, progress) -> np.ndarray:
     """`fn(batch_index, *rows)` over consecutive batches of `arrays` (each `(N, ...)`).
@@ -429,6 +467,8 @@ def evaluate(options: Options) -> dict:
     check_options(options)
     started = time.perf_counter()
     model, config, held = load_inputs(options)
+    command = command_line(options)
+    options = options._replace(batch=options.batch or default_batch(model.params))
     out = pathlib.Path(options.out or pathlib.Path(options.model) / "evaluation")
     out.mkdir(parents=True, exist_ok=True)
     ctx = Context(model, held, options, out, config.data == "synthetic")
@@ -452,7 +492,7 @@ def evaluate(options: Options) -> dict:
                       exact_samples, sample_spectra(exact_samples))
     result = {
         "model": str(options.model), "data": config.data, "out": str(out),
-        "command": command_line(options),
+        "command": command,
         "params_sha256": report.params_sha256(options.model),
         "held_out": {"split": "test", "n_sims": len(samples["sims"]), "n_maps": len(held.x)},
         "options": options._asdict(), **sections, "exact_generator": exact,
@@ -484,7 +524,8 @@ def parse_args(argv=None) -> Options:
     add("--figures", type=int, default=defaults["figures"],
         help="posterior figures drawn (default: %(default)s)")
     add("--batch", type=int, default=defaults["batch"],
-        help="maps per model call (default: %(default)s)")
+        help=f"maps per model call (default: {CPU_BATCH} on the CPU; on an accelerator, from "
+        f"its free memory)")
     add("--seed", type=int, default=defaults["seed"],
         help="seed of the samples (default: %(default)s)")
     add("--no-progress", action="store_true", help="no progress bars")

@@ -32,11 +32,33 @@ import sys
 
 import numpy as np
 
-from jglow import posterior
+from jglow import backend, posterior
 from jglow.data import PRIOR_BOX, synthetic_maps
 from jglow.errors import InputError
+from jglow.posterior.grid import evaluations_per_chunk
 from jglow.saving import load
 from jglow.train import cli, report
+
+CPU_MAP_BATCH = 16
+"""Maps per likelihood call by default on the CPU."""
+
+
+def default_map_batch(params, points: int) -> int:
+    """Maps per likelihood call by default for grids of `points` conditions per map (with a
+    zoom, its coarse pass): `CPU_MAP_BATCH` on the CPU (`jglow.backend.on_cpu`); on an
+    accelerator as many maps as one chunk of `evaluations_per_chunk(params)` pairs holds at
+    `points` conditions each (sized to the device's free memory), at least `CPU_MAP_BATCH`."""
+    if backend.on_cpu():
+        return CPU_MAP_BATCH
+    return max(CPU_MAP_BATCH, evaluations_per_chunk(params) // points)
+
+
+def points_per_map(grid, zoom: bool, box) -> int:
+    """Conditions of one map in the calls that batch maps: the points of `grid` over `box`
+    (`jglow.posterior.grid_axes`), or with `zoom` those of its coarse pass (`zoom_counts`)."""
+    if zoom:
+        return int(np.prod(posterior.zoom_counts(grid, len(box))[0]))
+    return int(np.prod([axis.size for axis in posterior.grid_axes(grid, box)]))
 
 
 def load_maps(path, params_path=None):
@@ -127,7 +149,7 @@ def _grid_summary(grid, zoom, sets) -> dict:
 
 
 def infer(model, maps, out_dir, truths=None, exact=None, grid=30, chunk_size=None,
-          map_batch=16, figures=10, refine=False, progress=True, zoom=True) -> dict:
+          map_batch=None, figures=10, refine=False, progress=True, zoom=True) -> dict:
     """Grid posteriors of `maps` under `model`, written to `out_dir` (module docstring).
 
     Args:
@@ -139,7 +161,8 @@ def infer(model, maps, out_dir, truths=None, exact=None, grid=30, chunk_size=Non
       exact: a log-likelihood of the same maps to compare against (e.g. `SyntheticLikelihood`).
       grid: `jglow.posterior.grid_axes` argument over the model's prior box; with `zoom`, the
         budget of evaluations per map (`jglow.posterior.zoom_counts`).
-      chunk_size: conditions per chunk in `grid_log_prob`; map_batch: maps per call.
+      chunk_size: conditions per chunk in `grid_log_prob` (None: its default for the backend);
+        map_batch: maps per call (None: `default_map_batch`).
       figures: posterior figures drawn for the first this many maps.
       refine: also refine each grid MAP by gradient (`gradient_map`).
       progress: show progress bars of the likelihood calls.
@@ -155,6 +178,7 @@ def infer(model, maps, out_dir, truths=None, exact=None, grid=30, chunk_size=Non
                          f"{np.shape(maps)}")
     os.makedirs(out_dir, exist_ok=True)
     box = model.preprocessing.box
+    map_batch = map_batch or default_map_batch(model.params, points_per_map(grid, zoom, box))
     likelihood = posterior.ModelLikelihood(model.params, model.preprocessing, chunk_size)
     options = dict(grid=grid, box=box, map_batch=map_batch, truths=truths, zoom=zoom)
     posteriors = posterior.grid_posteriors(likelihood, maps, **options,
@@ -199,7 +223,9 @@ def parse_args(argv=None):
     parser.add_argument("--box-size", type=float, default=25.0,
                         help="map side in Mpc/h (synthetic)")
     parser.add_argument("--chunk-size", type=int, help="conditions per chunk (default: automatic)")
-    parser.add_argument("--map-batch", type=int, default=16, help="maps per likelihood call")
+    parser.add_argument("--map-batch", type=int,
+                        help=f"maps per likelihood call (default: {CPU_MAP_BATCH} on the CPU; on "
+                        f"an accelerator, from its free memory)")
     parser.add_argument("--figures", type=int, default=10,
                         help="posterior figures for the first N maps")
     parser.add_argument("--refine", action="store_true", help="refine each MAP by gradient")
