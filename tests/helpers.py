@@ -1,4 +1,8 @@
-"""Shared test utilities: tiny configurations and moving parameters off their initialisation."""
+"""Shared test utilities: tiny configurations, moving parameters off their initialisation, and
+waiting on subprocesses."""
+
+import pathlib
+import time
 
 import jax
 import jax.numpy as jnp
@@ -52,3 +56,21 @@ def trained_model(config, n=16, steps=10, seed=0):
     params = adam_steps(lambda p: -jnp.mean(jglow.log_prob(p, x, z)), params,
                         jglow.trainable_mask(params), steps=steps)
     return params, x, z
+
+
+def wait_until(condition, processes, timeout: float, what: str, logs=()) -> None:
+    """Poll `condition()` every 10 ms until it holds. Fails, killing the `processes`
+    (`subprocess.Popen`s) and showing the tails of the files `logs`, if one of them ends first
+    or `timeout` seconds pass."""
+    deadline = time.monotonic() + timeout
+    while not condition():
+        ended = [p.returncode for p in processes if p.poll() is not None]
+        if ended or time.monotonic() > deadline:
+            for process in processes:
+                process.kill()
+                process.wait()
+            tails = "\n".join(f"--- {path}:\n{pathlib.Path(path).read_text()[-2000:]}"
+                              for path in logs)
+            raise AssertionError(f"{what}: not seen within {timeout} s (ended with "
+                                 f"{ended or 'none ended'})\n{tails}")
+        time.sleep(0.01)

@@ -229,6 +229,10 @@ def build_parser() -> argparse.ArgumentParser:
         "(jax.distributed.initialize)")
     add("--num-processes", type=int, help="multi-host: number of processes")
     add("--process-id", type=int, help="multi-host: index of this process")
+    add("--peer-timeout", type=int, default=60,
+        help="multi-host: seconds without a heartbeat after which a process counts as dead and "
+             "the others end (exit 134); also the longest a process ending on an error waits "
+             "at exit for the others")
     return parser
 
 

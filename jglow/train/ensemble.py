@@ -7,8 +7,9 @@ done, `WORKDIR/ensemble.json` lists them (`jglow.save_ensemble`), so `jglow.load
 the mixture of the K best models (`jglow.ensemble`), and `WORKDIR/run.json` is a copy of
 member 0's, naming the data and split for `python -m train.evaluate --model WORKDIR`.
 
-Exit status as `train.main`: 0 done, 2 refused (`error: ...` on stderr), 1 stopped; a member
-that does not finish stops the command there, and the ensemble is not written.
+Exit status as `train.main`: 0 done, 2 refused (`error: ...` on stderr), 1 stopped, 128 + the
+signal's number after SIGTERM or Ctrl-C (the member checkpointed); a member that does not
+finish stops the command there, and the ensemble is not written.
 """
 
 from __future__ import annotations
@@ -60,7 +61,7 @@ def _copy_atomically(source: pathlib.Path, target: pathlib.Path) -> None:
 
 @cli.command
 def main(argv=None) -> int:
-    """The command line: returns the exit status (0 done, 2 refused, 1 stopped; `cli`)."""
+    """The command line: returns the exit status (module docstring)."""
     argv = sys.argv[1:] if argv is None else list(argv)
     args = build_ensemble_parser().parse_args(argv)
     flags = _members_flag().parse_known_args(argv)[1]

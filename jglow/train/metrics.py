@@ -12,6 +12,7 @@ import json
 import math
 import os
 import pathlib
+from typing import Callable
 
 import jax.numpy as jnp
 import numpy as np
@@ -75,11 +76,14 @@ def nll_sum(params: GlowParams, x, z, weight):
     return jnp.sum(jnp.where(weight > 0, weight * nll, 0.0))
 
 
-def mean_nll(nll_sum_fn, mesh: Mesh, params: GlowParams, x, z, batch_size: int) -> float:
+def mean_nll(nll_sum_fn, mesh: Mesh, params: GlowParams, x, z, batch_size: int,
+             before_batch: Callable[[], None] = lambda: None) -> float:
     """Mean `−log p(x | z)` in nats per map over `x (N, H, W, C)`, `z (N, D)`, in global
-    batches of `batch_size` (the last padded); `nll_sum_fn` is `nll_sum` jitted on the mesh."""
+    batches of `batch_size` (the last padded); `nll_sum_fn` is `nll_sum` jitted on the mesh.
+    `before_batch()` is called before each batch (the trainer's stop check, which may raise)."""
     total, n = 0.0, x.shape[0]
     for start in range(0, n, batch_size):
+        before_batch()
         rows = np.arange(start, start + batch_size)
         weight = (rows < n).astype(np.float32)
         rows = np.minimum(rows, n - 1)
