@@ -24,8 +24,9 @@ from jglow.train import parallel
 METRICS_FILE = "metrics.jsonl"
 ROUND_TRIP_TOLERANCE = 1e-3
 """Largest `|decode(encode(x)) − x|` (model space) of a sound float32 inverse. The paper model
-at its initialisation errs by 5.8e-5, moved by N(0, 0.001²) off it by 2.9e-3 (its samples reach
-1e4), by N(0, 0.01²) by 1.36 (its samples are not finite) (`jglow.model`, conditioning)."""
+errs by 5.8e-5 at its initialisation, by 2.9e-3 with its parameters moved by N(0, 0.001²) off
+it, and by 1.36 by N(0, 0.01²), where its samples are not finite (`jglow.model`,
+conditioning)."""
 
 
 def json_safe(value):
