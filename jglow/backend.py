@@ -24,12 +24,17 @@ def on_cpu() -> bool:
     return jax.default_backend() == "cpu"
 
 
+def memory_limit_bytes(device=None):
+    """The memory `device` (default: this process's first device) may hold by its allocator's
+    `memory_stats()` (`bytes_limit`); None where it reports none (the CPU)."""
+    stats = (device or jax.local_devices()[0]).memory_stats() or {}
+    return int(stats["bytes_limit"]) if "bytes_limit" in stats else None
+
+
 def free_memory_bytes(device=None):
-    """Bytes free on `device` (default: this process's first device) by its allocator's
-    `memory_stats()`, `bytes_limit − bytes_in_use`; None where the device reports no limit (the
-    CPU)."""
-    device = device or jax.local_devices()[0]
-    stats = device.memory_stats() or {}
+    """Bytes free on `device` (default: this process's first device), `bytes_limit −
+    bytes_in_use` by its allocator's `memory_stats()`; None where it reports no limit."""
+    stats = (device or jax.local_devices()[0]).memory_stats() or {}
     if "bytes_limit" not in stats:
         return None
     return int(stats["bytes_limit"]) - int(stats.get("bytes_in_use", 0))

@@ -25,7 +25,8 @@ class GlowConfig:
       cond_hidden: width of the hidden layers of the conditional-prior MLPs.
       prior: "conditional" (MLPs of z), "learned" (per-element mean and log-variance) or
         "standard" (fixed N(0, I)).
-      clamp: lower bound of the coupling scale, `scale ∈ (clamp, 1)`.
+      clamp: lower bound of the coupling scale, `scale ∈ (clamp, 1)`: an inverted coupling
+        multiplies its second half by at most `1/clamp` (`jglow.model`, conditioning).
       actnorm: apply a data-initialised ActNorm after each squeeze.
       remat_steps: wrap each flow step in `jax.checkpoint` (less memory for gradients, more time).
     """

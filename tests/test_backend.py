@@ -95,6 +95,8 @@ def test_on_a_smaller_accelerator_a_chunk_takes_the_memory_fraction(monkeypatch,
     assert evaluate.default_batch(params) == min(4096, int(0.4 * free // per_map))
     assert infer.default_map_batch(params, 100) == 16  # never fewer than on the CPU
     assert infer.default_map_batch(params, 10) == 100
+    fake_accelerator(monkeypatch, {"bytes_limit": free + 10**6, "bytes_in_use": free // 2})
+    assert grid.evaluations_per_chunk(params) == 1000  # decided once: one program, not one a call
 
 
 def test_an_accelerator_without_memory_statistics_gets_the_fallbacks(monkeypatch, params):

@@ -22,7 +22,7 @@ import pytest
 import jglow
 from helpers import wait_until
 from jglow.data import synthetic_maps
-from jglow.train import checkpoints, parallel
+from jglow.train import checkpoints, figures, parallel
 from jglow.train.config import TrainConfig, UsageError, build_parser, config_from_args
 from jglow.train.data import prepare
 from jglow.train.main import (RunInterrupted, RunResult, TrainingStopped, compiled_functions,
@@ -82,6 +82,18 @@ def test_training_lowers_the_loss_and_writes_its_files(reference):
         assert 5_000 < size < 200_000, (name, size)
     split = json.loads((workdir / "split.json").read_text())
     assert not set(split["train"]) & (set(split["val"]) | set(split["test"]))
+
+
+def test_validation_records_the_health_of_the_inverse(reference):
+    workdir, _ = reference
+    val = [json.loads(line) for line in (workdir / "metrics.jsonl").read_text().splitlines()
+           if json.loads(line)["kind"] == "val"]
+    shown = min(figures.GRID_SIMS, len(np.unique(tiny_data().val.sim)))
+    for record in val:
+        assert set(record["inverse"]) == {"maps", "round_trip_max_abs", "nonfinite_samples"}
+        assert record["inverse"]["maps"] == shown
+        assert 0.0 <= record["inverse"]["round_trip_max_abs"] < 1e-5
+        assert record["inverse"]["nonfinite_samples"] == 0
 
 
 def test_loaded_model_matches_the_trainer(reference):

@@ -2,7 +2,8 @@
 
 `xa, xb` = first and second half of the channels; a CNN of `concat(xa, conditions)` gives a raw
 scale `r` and a shift `t`; `scale = (1 − clamp)·sigmoid(r + 2) + clamp`, `yb = (xb + t)·scale`,
-`ya = xa`, `log_det = Σ log scale`.
+`ya = xa`, `log_det = Σ log scale`. The inverse, `xb = yb / scale − t`, multiplies `yb` by at
+most `1/clamp` (`jglow.model`, conditioning of the inverse).
 """
 
 import dataclasses

@@ -59,14 +59,23 @@ def evaluations_per_chunk(params=None) -> int:
     kernel is available, else `XLA_EVALUATIONS_PER_CHUNK`. On an accelerator, as many pairs as
     fill `jglow.backend.MEMORY_FRACTION` of the device's free memory at `params`' measured
     memory per pair (`bytes_per_evaluation`), at most `ACCELERATOR_MAX_EVALUATIONS`;
-    `ACCELERATOR_FALLBACK_EVALUATIONS` without `params` or a memory limit.
+    `ACCELERATOR_FALLBACK_EVALUATIONS` without `params` or a memory limit. Decided once per
+    process for each parameter structure and memory limit, at the free memory of that moment, so
+    that successive calls keep one chunk size (one compiled program).
     """
     if backend.on_cpu():
         return (FUSED_EVALUATIONS_PER_CHUNK if native_coupling.available()
                 else XLA_EVALUATIONS_PER_CHUNK)
     if params is None:
         return ACCELERATOR_FALLBACK_EVALUATIONS
-    return backend.items_per_call(bytes_per_evaluation(params), ACCELERATOR_MAX_EVALUATIONS,
+    return _accelerator_evaluations(backend.signature(params), backend.memory_limit_bytes())
+
+
+@functools.lru_cache(maxsize=8)
+def _accelerator_evaluations(params_signature, memory_limit) -> int:
+    del memory_limit  # a key only: another device's limit is another decision
+    per_evaluation = _bytes_per_evaluation(params_signature)
+    return backend.items_per_call(per_evaluation, ACCELERATOR_MAX_EVALUATIONS,
                                   ACCELERATOR_FALLBACK_EVALUATIONS)
 
 

@@ -36,7 +36,10 @@ Sections of the report:
   (with a `warning:` on stderr when outside the band), and `python -m train.infer` prints them
   from `report.json` beside its posteriors;
 * health: non-finite samples (counted, left out of the statistics, never hidden) and the
-  reconstruction error `decode(encode(x)) − x`.
+  reconstruction error `decode(encode(x)) − x` of every held-out map, both in the headline,
+  with a `warning:` on stderr when the round trip exceeds
+  `jglow.train.metrics.ROUND_TRIP_TOLERANCE` or a sample is not finite (an ill-conditioned
+  inverse, see `jglow.model`).
 
 On synthetic data the generator's own samples go through the same marginal and conditional
 statistics: the score of a perfect emulator with this many maps.

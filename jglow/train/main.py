@@ -2,10 +2,12 @@
 
 The loop: for each global step, the batch of `(seed, step)` is sharded over the device mesh and
 `train_step` runs on every device. At each epoch end: validation NLL on held-out simulations
-(and, on synthetic data, the exact NLL of the same maps), the plateau schedule and early
-stopping, the best model exported to the workdir (`jglow.load(workdir)`), a checkpoint, and the
-figures. A run ends at `--epochs`, `--max-steps` or early stopping; ending mid-epoch, it
-validates once more. Re-running the same command resumes from the latest checkpoint.
+(and, on synthetic data, the exact NLL of the same maps), the health of the inverse on a few
+validation maps (`_inverse_check`: the round-trip error and non-finite samples, with a warning
+when unsound), the plateau schedule and early stopping, the best model exported to the workdir
+(`jglow.load(workdir)`), a checkpoint, and the figures. A run ends at `--epochs`, `--max-steps`
+or early stopping; ending mid-epoch, it validates once more. Re-running the same command resumes
+from the latest checkpoint.
 
 SIGTERM or Ctrl-C stops the run at the next step or validation batch: it checkpoints the
 current step (a validation it cut short is marked as still due, and a resumed run does it
@@ -35,7 +37,7 @@ from jglow.train.config import (PRESET_NOTES, TrainConfig, UsageError, build_par
                           config_from_args)
 from jglow.train.data import (Data, batch_indices, epoch_training_set, fingerprint, prepare,
                               steps_per_epoch)
-from jglow.train.metrics import MetricsLog, mean_nll, nll_sum
+from jglow.train.metrics import MetricsLog, inverse_check, inverse_problems, mean_nll, nll_sum
 from jglow.train.state import (TrainState, bits_per_dim, end_epoch, init_state, loss_fn,
                          record_validation, train_step)
 from jglow.train.stopping import NoSignals, StopRequested, StopSignals, exit_status
@@ -117,6 +119,15 @@ def _say(ctx: _Run, message: str) -> None:
         tqdm.write(message, file=sys.stderr)
 
 
+def _inverse_check(ctx: _Run, params) -> dict:
+    """`inverse_check` of `params` (host arrays) on one validation map of each simulation the
+    figures show (up to `figures.GRID_SIMS`, spread over Ωm), samples drawn with a key fixed by
+    the seed."""
+    rows = ctx.figure_set.grid[:, 0]
+    return inverse_check(params, ctx.data.val.x[rows], ctx.data.val.z[rows],
+                         jax.random.key(ctx.config.seed))
+
+
 def _validate(ctx: _Run, state: TrainState, step: int, epoch_end: bool, functions):
     """Validation, schedule, export of an improved model, figures, record, checkpoint.
 
@@ -144,6 +155,12 @@ def _validate(ctx: _Run, state: TrainState, step: int, epoch_end: bool, function
               "improved": improved, "bad_epochs": int(host.bad_epochs),
               "lr_scale": float(host.plateau.scale), "end_of_epoch": epoch_end,
               "elapsed_s": time.perf_counter() - ctx.clock_origin}
+    problems = []
+    if ctx.main_process:
+        record["inverse"] = _inverse_check(ctx, host.ema_params)
+        problems = inverse_problems(record["inverse"]["round_trip_max_abs"],
+                                    record["inverse"]["nonfinite_samples"],
+                                    record["inverse"]["maps"])
     if ctx.main_process and config.figure_every and (
             not epoch_end or epoch % config.figure_every == 0):
         record["nonfinite_samples"] = figures.write(
@@ -157,6 +174,8 @@ def _validate(ctx: _Run, state: TrainState, step: int, epoch_end: bool, function
            else f", exact {ctx.exact_bits:.4f} (gap {bits - ctx.exact_bits:+.4f})")
     _say(ctx, f"epoch {epoch} step {step}: validation {bits:.4f} "
               f"bits/dim{gap}{' (best)' if improved else ''}")
+    for problem in problems:
+        _say(ctx, f"warning: step {step}: {problem}")
     return state, exported
 
 
