@@ -22,8 +22,8 @@ from jglow.bijectors.invconv import CONSTANT_KEYS
 from jglow.compilation import jit
 from jglow.config import GlowConfig
 from jglow.flow import FlowStep, StepStack
+from jglow.latent_priors import draw, log_density, make_prior
 from jglow.numerics import split_keys
-from jglow.priors import draw, log_density, make_prior
 
 
 @flax.struct.dataclass
