@@ -13,7 +13,7 @@ or, from another script in ``benchmarks/``::
 
     import reference as ref
     model = ref.build_reference(path)
-    log_prob = ref.reference_log_prob_fn(model)       # NHWC numpy in, (N,) numpy out
+    ref.time_log_prob(model)                           # {"median_s", "times_s", "maps_per_s", ...}
 
 Paper configuration (the reference's ``cond_evals.ipynb``, cell 2, plus
 ``clamp_val=1e-3`` and ``add_actnorm=False``, which are the ``CondGlow``
@@ -68,7 +68,6 @@ PAPER_CONFIG: dict[str, Any] = {
     "clamp_val": 1e-3,
 }
 PAPER_PARAM_COUNT = 4_503_312
-IMAGE_SHAPE = (64, 64, 1)  # NHWC, as used by jglow
 N_THREADS = 2
 MALLOC_ENV = {
     "MALLOC_MMAP_THRESHOLD_": "33554432",
@@ -110,7 +109,7 @@ def count_parameters(model) -> int:
     return int(sum(p.numel() for p in model.parameters() if p.requires_grad))
 
 
-def build_reference(path: str, seed: int = 0, config: dict | None = None):
+def build_reference(path: str, seed: int = 0):
     """Build the paper-configuration reference CondGlow (float32, CPU, 2 threads).
 
     One forward pass on a tiny batch is run under no_grad, as the reference's
@@ -119,7 +118,7 @@ def build_reference(path: str, seed: int = 0, config: dict | None = None):
     """
     torch = _torch()
     CondGlow = _import_cond_glow(path)
-    cfg = dict(PAPER_CONFIG if config is None else config)
+    cfg = dict(PAPER_CONFIG)
     torch.manual_seed(seed)
     with _numpy_seed(seed):
         model = CondGlow(**cfg)
@@ -132,105 +131,6 @@ def build_reference(path: str, seed: int = 0, config: dict | None = None):
     with torch.no_grad():
         model.forward(x, c)
     return model
-
-
-def perturb_reference(model, std: float = 1e-3, seed: int = 0):
-    """Add N(0, std^2) noise to every trainable parameter, in place.
-
-    At initialisation all ZeroConv2d outputs are exactly zero (injectors are the
-    identity, couplings a constant scale), which makes equivalence checks weak;
-    a perturbed model exercises every path.  Returns the model.  Keep ``std``
-    small: every coupling contracts by ~sigmoid(2)=0.88 per step at init (140
-    steps), so the float32 inverse is ill-conditioned; with std=1e-2 a float32
-    forward->reverse round trip already errs by ~0.4 (float64: ~1e-9), with
-    std=1e-3 by ~1e-3.
-    """
-    torch = _torch()
-    gen = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for p in model.parameters():
-            if p.requires_grad:
-                p.add_(std * torch.randn(p.shape, generator=gen, dtype=p.dtype))
-    return model
-
-
-def reference_params_numpy(model) -> dict[str, np.ndarray]:
-    """state_dict (parameters and buffers such as w_p, masks, s_sign) as numpy arrays, reference
-    names."""
-    return {k: v.detach().cpu().numpy().copy() for k, v in model.state_dict().items()}
-
-
-def _to_nchw(x_np: np.ndarray):
-    torch = _torch()
-    x = np.asarray(x_np, dtype=np.float32)
-    if x.ndim != 4:
-        raise ValueError(f"expected NHWC (N,H,W,C), got shape {x.shape}")
-    return torch.from_numpy(np.ascontiguousarray(x.transpose(0, 3, 1, 2)))
-
-
-def _cond(z_np: np.ndarray):
-    torch = _torch()
-    return torch.from_numpy(np.ascontiguousarray(np.asarray(z_np, dtype=np.float32)))
-
-
-def reference_log_prob_fn(model) -> Callable[[np.ndarray, np.ndarray], np.ndarray]:
-    """Return ``f(x (N,64,64,1) NHWC, z (N,2)) -> log p(x|z)`` in nats, shape (N,), float32.
-
-    Exactly ``CondGlow.forward(x_nchw, z)[1]`` under no_grad: nothing is added or
-    removed (the reference has no dequantisation / n_bins offset).  A single map
-    (N=1) with M conditions broadcasts to (M,) as in the reference notebook.
-    """
-    torch = _torch()
-
-    def log_prob(x_np: np.ndarray, z_np: np.ndarray) -> np.ndarray:
-        with torch.no_grad():
-            _, lp = model.forward(_to_nchw(x_np), _cond(z_np))
-        return lp.detach().cpu().numpy().reshape(-1)
-
-    return log_prob
-
-
-def reference_latents_fn(model) -> Callable[[np.ndarray, np.ndarray], list[np.ndarray]]:
-    """Return ``f(x NHWC, z) -> [latent_i NHWC]`` (7 arrays: 6 split-off halves, then the final
-    level).
-
-    Latents are the reference's NCHW tensors transposed to NHWC; their channel
-    order is the reference's (squeeze channel index = c*4 + 2*dy + dx).
-    """
-    torch = _torch()
-
-    def latents(x_np, z_np):
-        with torch.no_grad():
-            zs, _ = model.forward(_to_nchw(x_np), _cond(z_np))
-        return [a.detach().cpu().numpy().transpose(0, 2, 3, 1).copy() for a in zs]
-
-    return latents
-
-
-def reference_sample_fn(model) -> Callable[..., np.ndarray]:
-    """Return ``f(z (N,2), latents=None, seed=0) -> maps (N,64,64,1) NHWC``.
-
-    ``latents`` (NHWC list as from ``reference_latents_fn``) inverts the flow
-    exactly; ``None`` reproduces the reference's ``CondGlow.sample``, which draws
-    every latent from N(0, temperature^2 I) (it does not use the learned
-    conditional prior means/variances).
-    """
-    torch = _torch()
-
-    def sample(z_np, latents=None, seed: int = 0):
-        cond = _cond(z_np)
-        with torch.no_grad():
-            if latents is None:
-                torch.manual_seed(seed)
-                x = model.sample(cond=cond, N=cond.shape[0])
-            else:
-                zs = [torch.from_numpy(np.ascontiguousarray(
-                          np.asarray(a, np.float32).transpose(0, 3, 1, 2)))
-                      for a in latents]
-                x = model.reverse(zs, cond=cond)
-        return x.detach().cpu().numpy().transpose(0, 2, 3, 1).copy()
-
-    return sample
 
 
 # ----------------------------------------------------------------------------- timing
@@ -351,13 +251,13 @@ def time_grid_posterior(model, grid: int = 30, batch: int = 128, repeats: int = 
                     conditions_per_s=lambda m: grid * grid / m)
 
 
-def time_compiled_log_prob(model, batch: int = 64, repeats: int = 7, seed: int = 0,
-                           mode: str | None = None) -> dict[str, Any]:
+def time_compiled_log_prob(model, batch: int = 64, repeats: int = 7,
+                           seed: int = 0) -> dict[str, Any]:
     """``torch.compile(model)`` forward under no_grad; ``compile_s`` is the first call
     (trace+codegen)."""
     torch = _torch()
     x, c = _inputs(batch, seed)
-    compiled = torch.compile(model, mode=mode)
+    compiled = torch.compile(model)
     t0 = time.perf_counter()
     with torch.no_grad():
         _, lp_c = compiled(x, c)
@@ -371,8 +271,8 @@ def time_compiled_log_prob(model, batch: int = 64, repeats: int = 7, seed: int =
             compiled(x, c)
 
     times = _timed(run, repeats)
-    return _summary(times, batch=batch, compile_s=compile_s, mode=mode or "default",
-                    max_abs_diff_vs_eager=max_abs_diff, maps_per_s=lambda m: batch / m)
+    return _summary(times, batch=batch, compile_s=compile_s, max_abs_diff_vs_eager=max_abs_diff,
+                    maps_per_s=lambda m: batch / m)
 
 
 # ----------------------------------------------------------------------------- CLI

@@ -28,33 +28,26 @@ class FlowStep:
             "coupling": ConditionalCoupling(self.channels, self.hidden, self.cond_dim, self.clamp),
         }
 
-    def init(self, key):
+    def init(self, key, x=None):
         keys = split_keys(key, len(self.parts))
         return {name: part.init(k) for (name, part), k in zip(self.parts.items(), keys)}
 
     def condition(self, params, z, height, width):
-        """Everything that depends only on `z (N, D)`: the injector's and coupling's condition
-        terms."""
-        parts = self.parts
-        return {name: parts[name].condition(params[name], z, height, width)
-                for name in ("injector", "coupling")}
+        """Every part's `condition` for `z (N, D)`: `{part name: its terms}`."""
+        return {name: part.condition(params[name], z, height, width)
+                for name, part in self.parts.items()}
 
     def forward(self, params, x, cond):
         log_det = jnp.zeros(x.shape[:1], x.dtype)
         for name, part in self.parts.items():
-            x, step_log_det = part.forward(params[name], x, cond.get(name))
+            x, step_log_det = part.forward(params[name], x, cond[name])
             log_det = log_det + step_log_det
         return x, log_det
 
-    def inverse_terms(self, params):
-        """What the inverse needs of the parameters alone: the 1×1 conv's inverse weight."""
-        return {"invconv": self.parts["invconv"].inverse_weight(params["invconv"])}
-
     def inverse(self, params, y, cond):
-        """`cond` as for `forward`, optionally with `inverse_terms(params)` merged in."""
         log_det = jnp.zeros(y.shape[:1], y.dtype)
         for name, part in reversed(self.parts.items()):
-            y, step_log_det = part.inverse(params[name], y, cond.get(name))
+            y, step_log_det = part.inverse(params[name], y, cond[name])
             log_det = log_det + step_log_det
         return y, log_det
 
@@ -71,19 +64,18 @@ class StepStack:
     count: int
     remat: bool = False
 
-    def init(self, key):
+    def init(self, key, x=None):
         steps = [self.step.init(k) for k in split_keys(key, self.count)]
         return jax.tree_util.tree_map(lambda *leaves: jnp.stack(leaves), *steps)
 
     def condition(self, params, z, height, width):
+        """Every step's terms at once, before the scans: leaves lead with `count`."""
         return jax.vmap(lambda p: self.step.condition(p, z, height, width))(params)
 
     def forward(self, params, x, cond):
         return self._scan(self.step.forward, params, x, cond, reverse=False)
 
     def inverse(self, params, y, cond):
-        """Each step's `inverse_terms` are computed for all steps at once, before the scan."""
-        cond = {**cond, **jax.vmap(self.step.inverse_terms)(params)}
         return self._scan(self.step.inverse, params, y, cond, reverse=True)
 
     def _scan(self, apply_step, params, x, cond, reverse):

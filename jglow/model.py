@@ -4,10 +4,10 @@ Forward (data → latents), per level: squeeze, optional ActNorm, `K` flow steps
 the channels as that level's latent; then a final block of `K` steps whose output is the last
 latent. `log p(x | z) = Σ log-dets + Σ prior log-densities` in nats.
 
-Work that depends only on the conditions (the injector CNNs, the conditions' part of every
-coupling CNN, the prior networks) is gathered by `condition(params, z)`; the flow itself is then
-`log_prob_given(params, x, conditioning)`. `log_prob` is the composition of the two; the
-posterior reuses one conditioning for many maps.
+Work that does not depend on the maps (the injector CNNs, the conditions' part of every coupling
+CNN, the 1×1 convolutions' matrices, the prior networks) is gathered by `condition(params, z)`;
+the flow itself is then `log_prob_given(params, x, conditioning)`. `log_prob` is the composition
+of the two; the posterior reuses one conditioning for many maps.
 
 Conditioning of the inverse. `decode` undoes `encode` exactly in exact arithmetic; in floating
 point, to the dtype's rounding times the flow's amplification of it, which no part of the
@@ -15,8 +15,8 @@ architecture bounds over many steps. The clamps bound one step each: a coupling'
 `(clamp, 1)` (`GlowConfig.clamp`, 1e-3), so an inverted coupling multiplies its second half by at
 most `1/clamp` before subtracting its shift; the injector's log-scale lies in `[log 1e-3, 5]`
 (`jglow.bijectors.injector.LOG_SCALE_RANGE`), so its inverse multiplies by at most 1000; the
-priors' log-variances lie in `[−3, 5]` (`jglow.priors.LOG_VAR_RANGE`). They keep every step finite,
-not the flow well-conditioned: 1000 per step over the paper model's 140 steps is far beyond
+priors' log-variances lie in `[−3, 5]` (`jglow.latent_priors.LOG_VAR_RANGE`). They keep every
+step finite, not the flow well-conditioned: 1000 per step over the paper model's 140 steps is far beyond
 float32's range. The conditioning is what the parameters make it. At the initialisation every
 coupling's scale is `(1 − clamp)·sigmoid(2) + clamp` ≈ 0.881 with no shift, so each inverted
 coupling multiplies half the channels by 1.135. Measured on the paper model
@@ -40,13 +40,13 @@ import jax
 import jax.numpy as jnp
 
 from jglow import checks
-from jglow.bijectors import ActNorm, Squeeze, merge, split
+from jglow.bijectors import ActNorm, ChannelSplit, Squeeze
 from jglow.bijectors.invconv import CONSTANT_KEYS
 from jglow.compilation import jit
 from jglow.config import GlowConfig
 from jglow.flow import FlowStep, StepStack
+from jglow.latent_priors import draw, log_density, make_prior
 from jglow.numerics import split_keys
-from jglow.priors import draw, log_density, make_prior
 
 
 @flax.struct.dataclass
@@ -64,6 +64,12 @@ class GlowParams:
 
 
 # --- structure -------------------------------------------------------------------------------
+
+# Each level's parameterless bijectors and their (empty) parameters.
+_SQUEEZE, _SPLIT = Squeeze(), ChannelSplit()
+_SQUEEZE_PARAMS, _SPLIT_PARAMS = _SQUEEZE.init(None), _SPLIT.init(None)
+_ACTNORM = ActNorm()
+
 
 def _stack(config: GlowConfig, level: int) -> StepStack:
     _, _, channels = config.level_shape(level)
@@ -115,11 +121,11 @@ def _init_actnorm(params: GlowParams, x, z) -> GlowParams:
     """Adds to each level an ActNorm that normalises the batch `x` where it reaches that level."""
     levels = []
     for (height, width), stack, block in _level_blocks(params)[:-1]:
-        x, _ = Squeeze().forward({}, x)
-        block = dict(block, actnorm=ActNorm().init(None, x))
-        x, _ = ActNorm().forward(block["actnorm"], x)
+        x, _ = _SQUEEZE.forward(_SQUEEZE_PARAMS, x)
+        block = dict(block, actnorm=_ACTNORM.init(None, x))
+        x, _ = _ACTNORM.forward(block["actnorm"], x)
         x, _ = stack.forward(block["steps"], x, stack.condition(block["steps"], z, height, width))
-        x, _ = split(x)
+        (x, _), _ = _SPLIT.forward(_SPLIT_PARAMS, x)
         levels.append(block)
     return params.replace(levels=tuple(levels))
 
@@ -136,7 +142,12 @@ def trainable_mask(params: GlowParams):
 # --- the two phases: conditioning, then the flow -----------------------------------------------
 
 def condition(params: GlowParams, z):
-    """Everything that depends only on `z (N, D)`; a pytree whose leaves lead with `N` (or 1)."""
+    """Everything of `log_prob` and `sample` that does not depend on the maps, for `z (N, D)`.
+
+    Returns `{"blocks": [...], "priors": [...]}`: per level and then the final block, its flow
+    steps' terms (`StepStack.condition`: leaves lead with the `K` steps, then `N` where they
+    depend on `z`); per latent, its prior's `(mean, log_var)`, each `(N or 1, h, w, c)`.
+    """
     blocks = [stack.condition(block["steps"], z, h, w)
               for (h, w), stack, block in _level_blocks(params)]
     priors = [prior.mean_log_var(p, z) for prior, p in zip(_priors(params.config), params.priors)]
@@ -148,13 +159,13 @@ def flow_forward(params: GlowParams, x, conditioning) -> Tuple[List[jax.Array], 
     latents, log_det = [], jnp.zeros(x.shape[:1], x.dtype)
     blocks = _level_blocks(params)
     for (_, stack, block), cond in zip(blocks[:-1], conditioning["blocks"]):
-        x, _ = Squeeze().forward({}, x)
+        x, _ = _SQUEEZE.forward(_SQUEEZE_PARAMS, x)
         if "actnorm" in block:
-            x, block_log_det = ActNorm().forward(block["actnorm"], x)
+            x, block_log_det = _ACTNORM.forward(block["actnorm"], x)
             log_det += block_log_det
         x, block_log_det = stack.forward(block["steps"], x, cond)
         log_det += block_log_det
-        x, latent = split(x)
+        (x, latent), _ = _SPLIT.forward(_SPLIT_PARAMS, x)
         latents.append(latent)
     _, final_stack, final_block = blocks[-1]
     x, block_log_det = final_stack.forward(final_block["steps"], x, conditioning["blocks"][-1])
@@ -169,18 +180,21 @@ def flow_inverse(params: GlowParams, latents, conditioning):
     x, log_det = final_stack.inverse(final_block["steps"], latents[-1], conditioning["blocks"][-1])
     for (_, stack, block), cond, latent in reversed(
             list(zip(blocks[:-1], conditioning["blocks"][:-1], latents[:-1]))):
-        x = merge(x, latent)
+        x, _ = _SPLIT.inverse(_SPLIT_PARAMS, (x, latent))
         x, block_log_det = stack.inverse(block["steps"], x, cond)
         log_det += block_log_det
         if "actnorm" in block:
-            x, block_log_det = ActNorm().inverse(block["actnorm"], x)
+            x, block_log_det = _ACTNORM.inverse(block["actnorm"], x)
             log_det += block_log_det
-        x, _ = Squeeze().inverse({}, x)
+        x, _ = _SQUEEZE.inverse(_SQUEEZE_PARAMS, x)
     return x, log_det
 
 
 def log_prob_given(params: GlowParams, x, conditioning):
-    """`log p(x | z)` in nats `(N,)`, with `conditioning = condition(params, z)` precomputed."""
+    """`log p(x | z)` in nats `(N,)` of maps `x (N, H, W, C)`, with `conditioning =
+    condition(params, z)` for `z (N, D)` precomputed. Traceable and unvalidated: call it
+    under `jax.jit`/`vmap` to evaluate many maps at one conditioning (`jglow.log_prob` is the
+    validated, compiled composition of the two)."""
     latents, log_det = flow_forward(params, x, conditioning)
     prior_terms = [log_density(latent, mlv) for latent, mlv in zip(latents, conditioning["priors"])]
     return log_det + sum(prior_terms)

@@ -34,7 +34,7 @@ class ConditionalCoupling:
     def net(self):
         return CouplingNet(hidden=self.hidden, channels=self.channels, cond_dim=self.cond_dim)
 
-    def init(self, key):
+    def init(self, key, x=None):
         xa = jnp.zeros((1, 3, 3, self.channels // 2))
         field = jnp.zeros((1, 3, 3, self.cond_dim))
         return numpy_init(self.net, numpy_generator(key), xa, field, method=CouplingNet.init_all)

@@ -50,7 +50,7 @@ class AffineInjector:
     def net(self):
         return InjectorNet(hidden=self.hidden, channels=self.channels)
 
-    def init(self, key):
+    def init(self, key, x=None):
         return numpy_init(self.net, numpy_generator(key), jnp.zeros((1, 1, 1, self.cond_dim)))
 
     def condition(self, params, z, height, width) -> InjectorTerms:

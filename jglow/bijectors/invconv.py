@@ -4,10 +4,15 @@
 `log_det = H·W·Σ log_abs_s`. `P` and `sign` are constants: they live in the params under the keys
 listed in `CONSTANT_KEYS`, pass through `stop_gradient` here, and the trainer must not update them
 (`jglow.trainable_mask`).
+
+`W` and `W⁻¹` depend on the parameters alone: `condition` computes them (`InvConvTerms`), so a
+`StepStack` takes them for all its steps at once, outside its scan.
 """
 
 import dataclasses
+from typing import NamedTuple
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 import scipy.linalg
@@ -19,11 +24,18 @@ from jglow.numerics import lower_triangular_inverse, numpy_generator
 CONSTANT_KEYS = ("perm", "sign")
 
 
+class InvConvTerms(NamedTuple):
+    """The 1×1 convolution's matrices, `(C, C)` each."""
+
+    weight: jax.Array          # W
+    inverse_weight: jax.Array  # W⁻¹
+
+
 @dataclasses.dataclass(frozen=True)
 class InvConv1x1:
     channels: int
 
-    def init(self, key):
+    def init(self, key, x=None):
         """LU of a random orthogonal matrix, so the map starts as a rotation (log-det 0)."""
         rng = numpy_generator(key)
         q, _ = scipy.linalg.qr(rng.standard_normal((self.channels, self.channels)))
@@ -53,15 +65,15 @@ class InvConv1x1:
         upper_inverse = jnp.swapaxes(lower_triangular_inverse(jnp.swapaxes(upper, -1, -2)), -1, -2)
         return upper_inverse @ lower_triangular_inverse(lower) @ perm.T
 
-    def forward(self, params, x, cond=None):
-        return conv2d(x, self.weight(params).T[None, None]), self._log_det(params, x)
+    def condition(self, params, z, height, width) -> InvConvTerms:
+        """`W` and `W⁻¹`, from the parameters alone (`z`, `height` and `width` are not used)."""
+        return InvConvTerms(weight=self.weight(params), inverse_weight=self.inverse_weight(params))
 
-    def inverse(self, params, y, inverse_weight=None):
-        """With `inverse_weight`, `W⁻¹` precomputed (a `StepStack` does it for all its steps at
-        once, outside its scan); without it, computed here."""
-        if inverse_weight is None:
-            inverse_weight = self.inverse_weight(params)
-        return conv2d(y, inverse_weight.T[None, None]), -self._log_det(params, y)
+    def forward(self, params, x, cond: InvConvTerms):
+        return conv2d(x, cond.weight.T[None, None]), self._log_det(params, x)
+
+    def inverse(self, params, y, cond: InvConvTerms):
+        return conv2d(y, cond.inverse_weight.T[None, None]), -self._log_det(params, y)
 
     @staticmethod
     def _log_det(params, x):

@@ -10,7 +10,7 @@ class Squeeze:
     """Output channel `4c + 2dy + dx` holds input channel `c` at offset `(dy, dx)` of each 2×2
     block."""
 
-    def init(self, key=None):
+    def init(self, key=None, x=None):
         return {}
 
     def forward(self, params, x, cond=None):
