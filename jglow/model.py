@@ -15,9 +15,9 @@ architecture bounds over many steps. The clamps bound one step each: a coupling'
 `(clamp, 1)` (`GlowConfig.clamp`, 1e-3), so an inverted coupling multiplies its second half by at
 most `1/clamp` before subtracting its shift; the injector's log-scale lies in `[log 1e-3, 5]`
 (`jglow.bijectors.injector.LOG_SCALE_RANGE`), so its inverse multiplies by at most 1000; the
-priors' log-variances lie in `[−3, 5]` (`jglow.latent_priors.LOG_VAR_RANGE`). They keep every
-step finite, not the flow well-conditioned: 1000 per step over the paper model's 140 steps is
-far beyond float32's range. The conditioning is what the parameters make it. At the initialisation every
+priors' log-variances lie in `[−3, 5]` (`jglow.latent_priors.LOG_VAR_RANGE`). They keep every step
+finite, not the flow well-conditioned: 1000 per step over the paper model's 140 steps is far beyond
+float32's range. The conditioning is what the parameters make it. At the initialisation every
 coupling's scale is `(1 − clamp)·sigmoid(2) + clamp` ≈ 0.881 with no shift, so each inverted
 coupling multiplies half the channels by 1.135. Measured on the paper model
 (`benchmarks/bench_inverse.py`, 4 maps uniform in [−1, 1]): at the initialisation the round trip
