@@ -159,6 +159,19 @@ def _logged_step(workdir: pathlib.Path, step: int) -> bool:
     return path.is_file() and f'"step": {step},' in path.read_text()
 
 
+def _signalled_run(command, env, log, signum, wait_s, ready, what):
+    """Start `command` (stderr to the file `log`), send it `signum` once `ready()` (waiting up to
+    `wait_s` s for `what`); returns (exit status, seconds from the signal to the exit, stderr)."""
+    with open(log, "w") as stderr:
+        process = subprocess.Popen(command, cwd=REPO, env=env, stdout=subprocess.DEVNULL,
+                                   stderr=stderr)
+    wait_until(ready, [process], wait_s, what, [log])
+    sent = time.monotonic()
+    process.send_signal(signum)
+    status = process.wait(timeout=60)
+    return status, time.monotonic() - sent, log.read_text()
+
+
 def test_sigterm_checkpoints_the_current_step_and_the_resumed_run_ends_the_same(
         reference, tmp_path):
     _, uninterrupted = reference
@@ -166,15 +179,9 @@ def test_sigterm_checkpoints_the_current_step_and_the_resumed_run_ends_the_same(
     command = [sys.executable, "-m", "train.main", *FLAGS, "--workdir", str(workdir),
                "--figure-every", "0"]
     env = dict(os.environ, JAX_COMPILATION_CACHE_DIR=str(tmp_path / "compiled"))
-    with open(log, "w") as stderr:
-        process = subprocess.Popen(command, cwd=REPO, env=env, stdout=subprocess.DEVNULL,
-                                   stderr=stderr)
-    wait_until(lambda: _logged_step(workdir, 10), [process], 300, "the record of step 10", [log])
-    sent = time.monotonic()
-    process.send_signal(signal.SIGTERM)
-    status = process.wait(timeout=60)
-    seconds = time.monotonic() - sent
-    error = log.read_text()
+    status, seconds, error = _signalled_run(command, env, log, signal.SIGTERM, 300,
+                                            lambda: _logged_step(workdir, 10),
+                                            "the record of step 10")
     assert status == 143, error[-3000:]
     assert seconds < 10
     stopped_at = int(error.split("interrupted: SIGTERM at step ")[1].split(";")[0])
@@ -201,16 +208,10 @@ def test_sigterm_checkpoints_the_current_step_and_the_resumed_run_ends_the_same(
 def test_ctrl_c_before_the_first_step_exits_at_once_with_nothing_written(tmp_path):
     workdir, log = tmp_path / "w", tmp_path / "stderr.txt"
     command = [sys.executable, "-m", "train.main", *FLAGS, "--workdir", str(workdir)]
-    with open(log, "w") as stderr:
-        process = subprocess.Popen(command, cwd=REPO, stdout=subprocess.DEVNULL, stderr=stderr)
     # printed just before the state is initialised and the first step compiled
-    wait_until(lambda: "240 training / 30 validation maps" in log.read_text(), [process], 120,
-               "the start-up line", [log])
-    sent = time.monotonic()
-    process.send_signal(signal.SIGINT)
-    status = process.wait(timeout=60)
-    seconds = time.monotonic() - sent
-    error = log.read_text()
+    status, seconds, error = _signalled_run(
+        command, None, log, signal.SIGINT, 120,
+        lambda: "240 training / 30 validation maps" in log.read_text(), "the start-up line")
     assert status == 130, error[-3000:]
     assert seconds < 5
     assert ("interrupted by SIGINT before the run did any work: nothing to checkpoint, the "
