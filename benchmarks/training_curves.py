@@ -21,23 +21,25 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
+from jglow.saving import ENSEMBLE_FILE, ensemble_member_dirs  # noqa: E402
+from jglow.train.metrics import MetricsLog  # noqa: E402
+
 LEVEL = "0.68"
 
 
 def validation_curve(workdir: pathlib.Path) -> tuple[list, list]:
     """(minutes, NLL gap in bits/dim) of every validation record of a single run."""
-    records = [json.loads(line) for line in (workdir / "metrics.jsonl").read_text().splitlines()]
-    val = [r for r in records if r.get("kind") == "val" and r.get("elapsed_s") is not None]
+    val = [r for r in MetricsLog(workdir).read()
+           if r.get("kind") == "val" and r.get("elapsed_s") is not None]
     return ([r["elapsed_s"] / 60 for r in val],
             [r["val_bits_per_dim"] - r["exact_bits_per_dim"] for r in val])
 
 
 def members(workdir: pathlib.Path) -> list:
     """The member workdirs of an ensemble workdir, or `[workdir]` for a single run."""
-    listing = workdir / "ensemble.json"
-    if not listing.exists():
+    if not (workdir / ENSEMBLE_FILE).is_file():
         return [workdir]
-    return [workdir / name for name in json.loads(listing.read_text())["members"]]
+    return ensemble_member_dirs(workdir)
 
 
 def run_summary(label: str, workdir: pathlib.Path) -> dict:

@@ -172,7 +172,7 @@ def _check_members_agree(member_dirs, records) -> None:
                                  f"ensemble must share their config and preprocessing")
 
 
-def _member_dirs(directory: pathlib.Path) -> list:
+def ensemble_member_dirs(directory: pathlib.Path) -> list:
     """The member directories listed by `directory/ensemble.json`, checked."""
     path = directory / ENSEMBLE_FILE
     record = json.loads(path.read_text())
@@ -189,7 +189,7 @@ def _member_dirs(directory: pathlib.Path) -> list:
 
 
 def _load_ensemble(directory: pathlib.Path) -> TrainedModel:
-    member_dirs = _member_dirs(directory)
+    member_dirs = ensemble_member_dirs(directory)
     records = [_read_record(d) for d in member_dirs]
     _check_members_agree(member_dirs, records)
     config = GlowConfig(**records[0]["config"])
