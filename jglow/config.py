@@ -10,6 +10,7 @@ import dataclasses
 from typing import Tuple
 
 PRIORS = ("conditional", "learned", "standard")
+PADDINGS = ("zero", "circular")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -28,6 +29,9 @@ class GlowConfig:
       clamp: lower bound of the coupling scale, `scale ∈ (clamp, 1)`: an inverted coupling
         multiplies its second half by at most `1/clamp` (`jglow.model`, conditioning).
       actnorm: apply a data-initialised ActNorm after each squeeze.
+      padding: border of the conditioner CNNs' 3×3 convolutions: "zero" (HIGlow's; the
+        ZeroConv pads with ones) or "circular" (the opposite edge), which makes every flow step
+        commute with periodic shifts, right for maps of a periodic simulation box.
       remat_steps: wrap each flow step in `jax.checkpoint` (less memory for gradients, more time).
     """
 
@@ -40,6 +44,7 @@ class GlowConfig:
     prior: str = "conditional"
     clamp: float = 1e-3
     actnorm: bool = False
+    padding: str = "zero"
     remat_steps: bool = False
 
     def __post_init__(self):
@@ -60,6 +65,8 @@ class GlowConfig:
                 f"(levels={self.levels}); choose fewer levels or another image size")
         if self.prior not in PRIORS:
             raise ValueError(f"prior must be one of {PRIORS}, got {self.prior!r}")
+        if self.padding not in PADDINGS:
+            raise ValueError(f"padding must be one of {PADDINGS}, got {self.padding!r}")
         if not 0.0 < self.clamp < 1.0:
             raise ValueError(f"clamp must lie in (0, 1), got {self.clamp}")
 

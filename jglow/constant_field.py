@@ -13,6 +13,9 @@ then one matmul applying the kernel along the columns). The conditions themselve
 of depth 0, `(N, 1, 1, D)`; the injector's hidden layers (one conv deep) live on a 3×3 field and
 its ZeroConv output on the 5×5 field, and the conditions' part of a coupling's first conv on a
 3×3 field.
+
+With periodic (circular) padding there are no edges: a convolution of a constant field is
+constant, the sum of its taps applied to the channels, so every small field is `1 × 1`.
 """
 
 import functools
@@ -21,13 +24,16 @@ import jax.numpy as jnp
 import numpy as np
 
 
-def small_side(side: int, depth: int) -> int:
-    """Side of the small field that holds every distinct value for `depth` stacked 3×3 convs."""
-    return min(side, 2 * depth + 1)
+def small_side(side: int, depth: int, periodic: bool = False) -> int:
+    """Side of the small field that holds every distinct value for `depth` stacked 3×3 convs
+    (1 with periodic padding)."""
+    return 1 if periodic else min(side, 2 * depth + 1)
 
 
-def expansion_index(side: int, depth: int) -> np.ndarray:
+def expansion_index(side: int, depth: int, periodic: bool = False) -> np.ndarray:
     """`(side,)` int: for each position, its row (or column) in the small field."""
+    if periodic:
+        return np.zeros(side, np.int64)
     n = small_side(side, depth)
     if side <= n:
         return np.arange(side)
@@ -47,24 +53,28 @@ def depth_zero_field(z):
     return z[:, None, None, :]
 
 
-def expand(small, height: int, width: int, depth: int):
+def expand(small, height: int, width: int, depth: int, periodic: bool = False):
     """`(..., h, w, C)` small field → `(..., height, width, C)` full field (exact)."""
+    if periodic:
+        return jnp.broadcast_to(small, (*small.shape[:-3], height, width, small.shape[-1]))
     rows = expansion_index(height, depth)
     cols = expansion_index(width, depth)
     take = dict(mode="clip", indices_are_sorted=True)  # static, in-range indices: no fill
     return jnp.take(jnp.take(small, rows, axis=-3, **take), cols, axis=-2, **take)
 
 
-def pixel_counts(height: int, width: int, depth: int) -> np.ndarray:
+def pixel_counts(height: int, width: int, depth: int, periodic: bool = False) -> np.ndarray:
     """`(h, w)` float32: how many pixels of the `(height, width)` map each small-field pixel
     stands for, so that a sum over the map is a weighted sum over the small field."""
-    rows = np.bincount(expansion_index(height, depth))
-    cols = np.bincount(expansion_index(width, depth))
+    rows = np.bincount(expansion_index(height, depth, periodic))
+    cols = np.bincount(expansion_index(width, depth, periodic))
     return np.outer(rows, cols).astype(np.float32)
 
 
-def conv_of_small_field(small, kernel, height: int, width: int, depth: int, pad_value: float):
-    """`conv2d(expand(small), kernel, pad_value)` on the small field one conv deeper, exactly.
+def conv_of_small_field(small, kernel, height: int, width: int, depth: int, pad_value: float,
+                        periodic: bool = False):
+    """`conv2d(expand(small), kernel, pad_value, periodic)` on the small field one conv deeper,
+    exactly.
 
     `small (N, h, w, Cin)` is the field of depth `depth` of an `(height, width)` map; the result
     `(N, h', w', Cout)` is the field of depth `depth + kh // 2` (`depth + 1` for a 3×3
@@ -72,8 +82,11 @@ def conv_of_small_field(small, kernel, height: int, width: int, depth: int, pad_
     `pad_value` in front standing for the padding, has the `kh` rows each output row reads
     gathered by static slices, and one matmul `(N·h', kh·(w+1)·Cin) @ (kh·(w+1)·Cin, w'·Cout)`
     applies the kernel along the columns (`_column_matrix`), so no matrix larger than the
-    kernel times the small field's width is built.
+    kernel times the small field's width is built. With `periodic`, `small` is `(N, 1, 1, Cin)`
+    and so is the result: the kernel's taps summed, applied to the channels.
     """
+    if periodic:
+        return small @ kernel.sum(axis=(0, 1))
     kh, kw, channels_in, channels_out = kernel.shape
     rows_read = _positions_read(height, depth, kh)                         # (h', kh)
     cols_read = _positions_read(width, depth, kw)                          # (w', kw)

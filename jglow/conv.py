@@ -32,21 +32,25 @@ FEW_CHANNELS = 4
 SMALL_FIELD_PIXELS = 25
 
 
-def conv2d(x, kernel, pad_value=0.0):
+def conv2d(x, kernel, pad_value=0.0, periodic=False):
     """Stride-1 'same' convolution: `x (N, H, W, Cin)`, `kernel (kh, kw, Cin, Cout)` →
     `(N, H, W, Cout)`.
 
     Kernel sides are odd; the border is padded with `pad_value` (0 for an ordinary
-    convolution, 1 for Glow's ZeroConv). A 1×1 kernel (also the invertible 1×1 convolution)
-    is a matmul, or broadcast products for ≤ 4 input channels on a large field.
+    convolution, 1 for Glow's ZeroConv), or, with `periodic`, by the map's opposite edges (a
+    circular convolution, for maps of a periodic box). A 1×1 kernel (also the invertible 1×1
+    convolution) is a matmul, or broadcast products for ≤ 4 input channels on a large field.
     """
     kh, kw, _, _ = kernel.shape
     if kh % 2 == 0 or kw % 2 == 0:
         raise ValueError(f"conv2d needs odd kernel sides, got {kh}x{kw}")
     if kh == kw == 1:
         return valid_conv2d(x, kernel)
-    padded = jnp.pad(x, ((0, 0), (kh // 2, kh // 2), (kw // 2, kw // 2), (0, 0)),
-                     constant_values=pad_value)
+    border = ((0, 0), (kh // 2, kh // 2), (kw // 2, kw // 2), (0, 0))
+    if periodic:
+        padded = jnp.pad(x, border, mode="wrap")
+    else:
+        padded = jnp.pad(x, border, constant_values=pad_value)
     return valid_conv2d(padded, kernel)
 
 

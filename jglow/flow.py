@@ -19,14 +19,14 @@ class FlowStep:
     hidden: int
     cond_dim: int
     clamp: float
+    periodic: bool = False
 
     @property
     def parts(self):
-        return {
-            "invconv": InvConv1x1(self.channels),
-            "injector": AffineInjector(self.channels, self.hidden, self.cond_dim),
-            "coupling": ConditionalCoupling(self.channels, self.hidden, self.cond_dim, self.clamp),
-        }
+        injector = AffineInjector(self.channels, self.hidden, self.cond_dim, self.periodic)
+        coupling = ConditionalCoupling(self.channels, self.hidden, self.cond_dim, self.clamp,
+                                       self.periodic)
+        return {"invconv": InvConv1x1(self.channels), "injector": injector, "coupling": coupling}
 
     def init(self, key, x=None):
         keys = split_keys(key, len(self.parts))

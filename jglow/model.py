@@ -73,7 +73,8 @@ _ACTNORM = ActNorm()
 
 def _stack(config: GlowConfig, level: int) -> StepStack:
     _, _, channels = config.level_shape(level)
-    step = FlowStep(channels, config.hidden, config.cond_dim, config.clamp)
+    step = FlowStep(channels, config.hidden, config.cond_dim, config.clamp,
+                    config.padding == "circular")
     return StepStack(step, config.steps, config.remat_steps)
 
 

@@ -62,18 +62,18 @@ def _param_shapes(module: nn.Module, inputs, method):
                           *inputs)["params"]
 
 
-def _conv(x, kernel, pad_value=0.0, small_field_of=None):
-    """`conv2d(x, kernel, pad_value)`; with `small_field_of = (H, W, depth)`, `x` is the small
-    field of that depth of an `H × W` map and the result the field one conv deeper
+def _conv(x, kernel, pad_value=0.0, small_field_of=None, periodic=False):
+    """`conv2d(x, kernel, pad_value, periodic)`; with `small_field_of = (H, W, depth)`, `x` is
+    the small field of that depth of an `H × W` map and the result the field one conv deeper
     (`jglow.constant_field.conv_of_small_field`)."""
     if small_field_of is None:
-        return conv2d(x, kernel, pad_value=pad_value)
+        return conv2d(x, kernel, pad_value=pad_value, periodic=periodic)
     height, width, depth = small_field_of
-    return conv_of_small_field(x, kernel, height, width, depth, pad_value)
+    return conv_of_small_field(x, kernel, height, width, depth, pad_value, periodic)
 
 
 class Conv(nn.Module):
-    """Convolution with a square `size × size` kernel, zero 'same' padding,
+    """Convolution with a square `size × size` kernel, 'same' padding with zeros (or periodic),
     `(N,H,W,Cin) -> (N,H,W,features)`.
 
     With `small_field_of = (H, W, depth)`, `x` is a small field of an `H × W` map and so is the
@@ -82,28 +82,33 @@ class Conv(nn.Module):
 
     features: int
     size: int = 3
+    periodic: bool = False
 
     @nn.compact
     def __call__(self, x, small_field_of=None):
         kernel = _param(self, "kernel", (self.size, self.size, x.shape[-1], self.features))
-        return _conv(x, kernel, 0.0, small_field_of) + _param(self, "bias", (self.features,))
+        out = _conv(x, kernel, 0.0, small_field_of, self.periodic)
+        return out + _param(self, "bias", (self.features,))
 
 
 class ZeroConv(nn.Module):
-    """3×3 conv on the input padded with ones, zero-initialised, output scaled by `exp(3·g)`.
+    """3×3 conv on the input padded with ones (or periodic), zero-initialised, output scaled by
+    `exp(3·g)`.
 
     With `small_field_of = (H, W, depth)`, `x` is a small field of an `H × W` map
     (`jglow.constant_field`) and the output the field one conv deeper.
     """
 
     features: int
+    periodic: bool = False
 
     @nn.compact
     def __call__(self, x, small_field_of=None):
         kernel = _param(self, "zero_kernel", (3, 3, x.shape[-1], self.features))
         bias = _param(self, "zero_bias", (self.features,))
         log_gain = _param(self, "log_gain", (self.features,))
-        return (_conv(x, kernel, 1.0, small_field_of) + bias) * jnp.exp(3.0 * log_gain)
+        out = _conv(x, kernel, 1.0, small_field_of, self.periodic)
+        return (out + bias) * jnp.exp(3.0 * log_gain)
 
 
 class Dense(nn.Module):
@@ -130,13 +135,14 @@ class InjectorNet(nn.Module):
 
     hidden: int
     channels: int
+    periodic: bool = False
 
     @nn.compact
     def __call__(self, cond_field, map_shape=None):
         first, last = (None, None) if map_shape is None else ((*map_shape, 0), (*map_shape, 1))
-        h = nn.relu(Conv(self.hidden, 3)(cond_field, first))
+        h = nn.relu(Conv(self.hidden, 3, self.periodic)(cond_field, first))
         h = nn.relu(Conv(self.hidden, 1)(h))  # pointwise: the same on any field
-        return ZeroConv(2 * self.channels)(h, last)
+        return ZeroConv(2 * self.channels, self.periodic)(h, last)
 
 
 class CouplingNet(nn.Module):
@@ -151,13 +157,14 @@ class CouplingNet(nn.Module):
     hidden: int
     channels: int
     cond_dim: int
+    periodic: bool = False
 
     def setup(self):
         self.kernel_x = _param(self, "kernel_x", (3, 3, self.channels // 2, self.hidden))
         self.kernel_cond = _param(self, "kernel_cond", (3, 3, self.cond_dim, self.hidden))
         self.bias = _param(self, "bias", (self.hidden,))
         self.middle = Conv(self.hidden, 1)
-        self.out = ZeroConv(self.channels)
+        self.out = ZeroConv(self.channels, self.periodic)
 
     def condition_term(self, cond_field, map_shape=None):
         """`(N, h, w, D)` constant field → `(N, h, w, hidden)`: the conditions' part of conv 1,
@@ -167,11 +174,11 @@ class CouplingNet(nn.Module):
         `H × W` map and the result its depth-1 field (at most 3×3).
         """
         small_field_of = None if map_shape is None else (*map_shape, 0)
-        return _conv(cond_field, self.kernel_cond, 0.0, small_field_of) + self.bias
+        return _conv(cond_field, self.kernel_cond, 0.0, small_field_of, self.periodic) + self.bias
 
     def __call__(self, xa, cond_term):
         """`xa (N, H, W, c/2)`, `cond_term (N or 1, H, W, hidden)` → `(N, H, W, c)`."""
-        h = nn.relu(conv2d(xa, self.kernel_x) + cond_term)
+        h = nn.relu(conv2d(xa, self.kernel_x, periodic=self.periodic) + cond_term)
         h = nn.relu(self.middle(h))
         return self.out(h)
 

@@ -33,8 +33,11 @@ IMPLEMENTATIONS = (
     ChannelSplit(),
     InvConv1x1(CHANNELS),
     AffineInjector(CHANNELS, HIDDEN, COND_DIM),
+    AffineInjector(CHANNELS, HIDDEN, COND_DIM, periodic=True),
     ConditionalCoupling(CHANNELS, HIDDEN, COND_DIM, clamp=1e-3),
+    ConditionalCoupling(CHANNELS, HIDDEN, COND_DIM, clamp=1e-3, periodic=True),
     FlowStep(CHANNELS, HIDDEN, COND_DIM, clamp=1e-3),
+    FlowStep(CHANNELS, HIDDEN, COND_DIM, clamp=1e-3, periodic=True),
     StepStack(FlowStep(CHANNELS, HIDDEN, COND_DIM, clamp=1e-3), count=2),
 )
 # Classes of jglow.bijectors that are not bijectors: the contract itself and condition terms.
@@ -42,7 +45,8 @@ NOT_BIJECTORS = {Bijector, ConditionalBijector, InjectorTerms, InvConvTerms}
 
 
 def _name(bijector):
-    return type(bijector).__name__
+    periodic = getattr(bijector, "periodic", False)
+    return type(bijector).__name__ + ("-periodic" if periodic else "")
 
 
 def _inputs(seed):
@@ -102,7 +106,7 @@ def test_the_registry_holds_every_bijector_class_of_the_package():
     registered = {type(bijector) for bijector in IMPLEMENTATIONS}
     in_package = {cls for cls in registered if cls.__module__.startswith("jglow.bijectors.")}
     assert _defined_classes(bijectors) - NOT_BIJECTORS == in_package
-    assert len(registered) == len(IMPLEMENTATIONS)
+    assert len({_name(bijector) for bijector in IMPLEMENTATIONS}) == len(IMPLEMENTATIONS)
 
 
 @pytest.mark.parametrize("bijector", IMPLEMENTATIONS, ids=_name)

@@ -5,6 +5,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from jax import lax
 
 import jglow
 from jglow import constant_field, numerics
@@ -16,6 +17,8 @@ from jglow.conv import conv2d
 
 
 CHANNELS, SIDE, COND_DIM = 4, 6, 2  # 6 > 5, so the injector's small-field expansion is exercised
+# (pad_value, periodic): an ordinary convolution, Glow's ZeroConv, a circular convolution.
+BORDERS = [(0.0, False), (1.0, False), (0.0, True)]
 
 
 def _inputs(n=3, seed=0):
@@ -99,22 +102,24 @@ def test_sampling_program_calls_no_lapack():
     assert "stablehlo.dot_general" in program and "lapack" not in program
 
 
+@pytest.mark.parametrize("periodic", [False, True])
 @pytest.mark.parametrize("side", [1, 2, 3, 4, 5, 6, 9, 16])
-def test_small_field_expansion_equals_the_full_constant_field(side):
+def test_small_field_expansion_equals_the_full_constant_field(side, periodic):
     """The injector CNN on the full (side × side) constant field equals its condition (hidden
-    layers on the 3×3 field, output on the 5×5 field) expanded, and the log-det its sum."""
-    bijector = AffineInjector(CHANNELS, 8, COND_DIM)
+    layers on the 3×3 field, output on the 5×5 field; 1×1 with periodic padding) expanded, and
+    the log-det its sum."""
+    bijector = AffineInjector(CHANNELS, 8, COND_DIM, periodic)
     params = jax.tree_util.tree_map(
         lambda leaf: leaf + 0.3 * jax.random.normal(jax.random.PRNGKey(leaf.size), leaf.shape),
         bijector.init(jax.random.PRNGKey(2)))
     _, z = _inputs()
     full_field = jnp.broadcast_to(z[:, None, None, :], (z.shape[0], side, side, COND_DIM))
-    full = InjectorNet(8, CHANNELS).apply({"params": params}, full_field)
+    full = InjectorNet(8, CHANNELS, periodic).apply({"params": params}, full_field)
     shift, log_scale = full[..., :CHANNELS], jnp.clip(full[..., CHANNELS:], *LOG_SCALE_RANGE)
     terms = bijector.condition(params, z, side, side)
 
     def expanded(small):
-        return constant_field.expand(small, side, side, 2)
+        return constant_field.expand(small, side, side, 2, periodic)
 
     np.testing.assert_allclose(expanded(terms.shift), shift, atol=1e-5, rtol=1e-5)
     np.testing.assert_allclose(expanded(terms.scale), jnp.exp(log_scale), rtol=1e-5)
@@ -124,28 +129,34 @@ def test_small_field_expansion_equals_the_full_constant_field(side):
 
 
 @pytest.mark.parametrize("height, width", [(1, 1), (1, 4), (2, 2), (3, 7), (4, 4), (16, 5)])
-@pytest.mark.parametrize("pad_value", [0.0, 1.0])
+@pytest.mark.parametrize("pad_value, periodic", BORDERS)
 @pytest.mark.parametrize("depth", [0, 1])
-def test_conv_of_small_field_equals_the_conv_of_the_expanded_field(height, width, pad_value, depth):
+def test_conv_of_small_field_equals_the_conv_of_the_expanded_field(height, width, pad_value,
+                                                                   periodic, depth):
     """`conv_of_small_field` on a depth-n field == conv2d of the expanded map, on the depth-n+1
     field."""
-    small_shape = (3, constant_field.small_side(height, depth),
-                   constant_field.small_side(width, depth), 5)
+    small_shape = (3, constant_field.small_side(height, depth, periodic),
+                   constant_field.small_side(width, depth, periodic), 5)
     small = jax.random.normal(jax.random.PRNGKey(4), small_shape)
     kernel = jax.random.normal(jax.random.PRNGKey(5), (3, 3, 5, 6))
-    direct = conv2d(constant_field.expand(small, height, width, depth), kernel, pad_value=pad_value)
-    deeper = constant_field.conv_of_small_field(small, kernel, height, width, depth, pad_value)
-    assert deeper.shape == (3, constant_field.small_side(height, depth + 1),
-                            constant_field.small_side(width, depth + 1), 6)
-    np.testing.assert_allclose(constant_field.expand(deeper, height, width, depth + 1), direct,
-                               atol=1e-5, rtol=1e-5)
+    direct = conv2d(constant_field.expand(small, height, width, depth, periodic), kernel,
+                    pad_value, periodic)
+    deeper = constant_field.conv_of_small_field(small, kernel, height, width, depth, pad_value,
+                                                periodic)
+    assert deeper.shape == (3, constant_field.small_side(height, depth + 1, periodic),
+                            constant_field.small_side(width, depth + 1, periodic), 6)
+    np.testing.assert_allclose(constant_field.expand(deeper, height, width, depth + 1, periodic),
+                               direct, atol=1e-5, rtol=1e-5)
 
 
+@pytest.mark.parametrize("periodic", [False, True])
 @pytest.mark.parametrize("height, width", [(1, 1), (2, 2), (3, 7), (16, 5)])
-def test_conv_of_small_field_has_the_gradients_of_the_conv_of_the_expanded_field(height, width):
+def test_conv_of_small_field_has_the_gradients_of_the_conv_of_the_expanded_field(height, width,
+                                                                                 periodic):
     """Its derivatives, in reverse and forward mode, == autodiff through conv2d of the
     expanded map, in the small field and in the kernel."""
-    small_shape = (2, constant_field.small_side(height, 1), constant_field.small_side(width, 1), 4)
+    small_shape = (2, constant_field.small_side(height, 1, periodic),
+                   constant_field.small_side(width, 1, periodic), 4)
     small = jax.random.normal(jax.random.PRNGKey(6), small_shape)
     kernel = jax.random.normal(jax.random.PRNGKey(7), (3, 3, 4, 3))
     weights = jax.random.normal(jax.random.PRNGKey(8), (2, height, width, 3))
@@ -153,33 +164,51 @@ def test_conv_of_small_field_has_the_gradients_of_the_conv_of_the_expanded_field
     def projection(fn):  # a random linear functional of the full (height, width) output map
         return lambda s, k: jnp.sum(weights * jnp.sin(fn(s, k)))
 
-    direct = projection(lambda s, k: conv2d(constant_field.expand(s, height, width, 1), k, 1.0))
+    direct = projection(lambda s, k: conv2d(
+        constant_field.expand(s, height, width, 1, periodic), k, 1.0, periodic))
     shortcut = projection(lambda s, k: constant_field.expand(
-        constant_field.conv_of_small_field(s, k, height, width, 1, 1.0), height, width, 2))
+        constant_field.conv_of_small_field(s, k, height, width, 1, 1.0, periodic),
+        height, width, 2, periodic))
     for derivative in (jax.grad, jax.jacfwd):
         for ours, reference in zip(jax.jit(derivative(shortcut, (0, 1)))(small, kernel),
                                    jax.jit(derivative(direct, (0, 1)))(small, kernel)):
             np.testing.assert_allclose(ours, reference, atol=1e-4, rtol=1e-4)
 
 
-def test_split_coupling_conv_equals_conv_of_the_concatenation():
+@pytest.mark.parametrize("periodic", [False, True])
+def test_split_coupling_conv_equals_conv_of_the_concatenation(periodic):
     """conv(concat(xa, z-field)) == conv(xa) + the 3×3-field condition term, expanded."""
-    bijector = ConditionalCoupling(CHANNELS, 8, COND_DIM)
+    bijector = ConditionalCoupling(CHANNELS, 8, COND_DIM, periodic=periodic)
     params = bijector.init(jax.random.PRNGKey(3))
     x, z = _inputs()
     xa = x[..., : CHANNELS // 2]
     full_field = jnp.broadcast_to(z[:, None, None, :], (*xa.shape[:3], COND_DIM))
     kernel = jnp.concatenate([params["kernel_x"], params["kernel_cond"]], axis=2)
-    direct = conv2d(jnp.concatenate([xa, full_field], axis=-1), kernel) + params["bias"]
-    cond_term = constant_field.expand(bijector.condition(params, z, SIDE, SIDE), SIDE, SIDE, 1)
-    split_form = conv2d(xa, params["kernel_x"]) + cond_term
+    direct = conv2d(jnp.concatenate([xa, full_field], axis=-1), kernel, periodic=periodic)
+    direct = direct + params["bias"]
+    cond_term = constant_field.expand(bijector.condition(params, z, SIDE, SIDE), SIDE, SIDE, 1,
+                                      periodic)
+    split_form = conv2d(xa, params["kernel_x"], periodic=periodic) + cond_term
     np.testing.assert_allclose(split_form, direct, atol=1e-5)
 
 
-def _xla_conv(x, kernel, pad_value):
+def _wrapped(x, margin, axis):
+    """`x` with its last `margin` rows (along `axis`) copied before it and its first after it."""
+    if margin == 0:
+        return x
+    before = lax.slice_in_dim(x, x.shape[axis] - margin, x.shape[axis], axis=axis)
+    after = lax.slice_in_dim(x, 0, margin, axis=axis)
+    return jnp.concatenate([before, x, after], axis=axis)
+
+
+def _xla_conv(x, kernel, pad_value, periodic):
+    """XLA's convolution of `x` padded with `pad_value`, or with its opposite edges."""
     kh, kw = kernel.shape[:2]
-    padded = jnp.pad(x, ((0, 0), (kh // 2, kh // 2), (kw // 2, kw // 2), (0, 0)),
-                     constant_values=pad_value)
+    if periodic:
+        padded = _wrapped(_wrapped(x, kh // 2, 1), kw // 2, 2)
+    else:
+        padded = jnp.pad(x, ((0, 0), (kh // 2, kh // 2), (kw // 2, kw // 2), (0, 0)),
+                         constant_values=pad_value)
     return jax.lax.conv_general_dilated(padded, kernel, (1, 1), "VALID",
                                         dimension_numbers=("NHWC", "HWIO", "NHWC"))
 
@@ -191,9 +220,9 @@ CONV_CASES = [(4, 2, 7, 3), (9, 2, 16, 3), (9, 16, 4, 3), (9, 8, 6, 3), (9, 3, 5
 
 
 @pytest.mark.parametrize("side, channels_in, channels_out, size", CONV_CASES)
-@pytest.mark.parametrize("pad_value", [0.0, 1.0])
+@pytest.mark.parametrize("pad_value, periodic", BORDERS)
 def test_conv2d_value_and_derivatives_equal_xla_convolution(side, channels_in, channels_out, size,
-                                                            pad_value):
+                                                            pad_value, periodic):
     """Every path of `conv2d`, its JVP, its VJP and its vmapped gradient agree with `lax.conv`."""
     rng = np.random.default_rng(side * channels_in)
     x, tangent_x = (jnp.asarray(rng.standard_normal((3, side, side + 1, channels_in)), jnp.float32)
@@ -201,8 +230,8 @@ def test_conv2d_value_and_derivatives_equal_xla_convolution(side, channels_in, c
     kernel, tangent_kernel = (
         jnp.asarray(rng.standard_normal((size, size, channels_in, channels_out)), jnp.float32)
         for _ in range(2))
-    ours = lambda x, kernel: conv2d(x, kernel, pad_value)
-    xla = lambda x, kernel: _xla_conv(x, kernel, pad_value)
+    ours = lambda x, kernel: conv2d(x, kernel, pad_value, periodic)
+    xla = lambda x, kernel: _xla_conv(x, kernel, pad_value, periodic)
     expected = xla(x, kernel)
     assert ours(x, kernel).shape == expected.shape == (3, side, side + 1, channels_out)
     np.testing.assert_allclose(ours(x, kernel), expected, rtol=1e-5, atol=1e-4)

@@ -25,6 +25,7 @@ class ConditionalCoupling:
     hidden: int
     cond_dim: int
     clamp: float = 1e-3
+    periodic: bool = False  # circular padding of the CNN's 3×3 convs (maps of a periodic box)
 
     def __post_init__(self):
         if self.channels % 2:
@@ -32,7 +33,8 @@ class ConditionalCoupling:
 
     @property
     def net(self):
-        return CouplingNet(hidden=self.hidden, channels=self.channels, cond_dim=self.cond_dim)
+        return CouplingNet(hidden=self.hidden, channels=self.channels, cond_dim=self.cond_dim,
+                           periodic=self.periodic)
 
     def init(self, key, x=None):
         xa = jnp.zeros((1, 3, 3, self.channels // 2))
@@ -48,7 +50,7 @@ class ConditionalCoupling:
 
     def _scale_shift(self, params, xa, cond):
         _, h, w, _ = xa.shape
-        cond_term = constant_field.expand(cond, h, w, _CONV_DEPTH)
+        cond_term = constant_field.expand(cond, h, w, _CONV_DEPTH, self.periodic)
         out = self.net.apply({"params": params}, xa, cond_term)
         half = self.channels // 2
         raw_scale, shift = out[..., :half], out[..., half:]
@@ -57,8 +59,9 @@ class ConditionalCoupling:
 
     def forward(self, params, x, cond):
         """`(y, log_det)`; on the CPU, by the fused kernel where it applies
-        (`jglow.native_coupling`: the same values, derivatives from `forward_in_xla`)."""
-        if native_coupling.applies(x, self.hidden):
+        (`jglow.native_coupling`, zero padding only: the same values, derivatives from
+        `forward_in_xla`)."""
+        if not self.periodic and native_coupling.applies(x, self.hidden):
             return native_coupling.forward(self.forward_in_xla, self.clamp, params, x, cond)
         return self.forward_in_xla(params, x, cond)
 

@@ -45,10 +45,11 @@ class AffineInjector:
     channels: int
     hidden: int
     cond_dim: int
+    periodic: bool = False  # circular padding of the CNN's 3×3 convs (maps of a periodic box)
 
     @property
     def net(self):
-        return InjectorNet(hidden=self.hidden, channels=self.channels)
+        return InjectorNet(hidden=self.hidden, channels=self.channels, periodic=self.periodic)
 
     def init(self, key, x=None):
         return numpy_init(self.net, numpy_generator(key), jnp.zeros((1, 1, 1, self.cond_dim)))
@@ -59,7 +60,7 @@ class AffineInjector:
         field = constant_field.depth_zero_field(z)
         out = self.net.apply({"params": params}, field, (height, width))
         log_scale = straight_through_clip(out[..., self.channels:], *LOG_SCALE_RANGE)
-        counts = constant_field.pixel_counts(height, width, _CONV_DEPTH)
+        counts = constant_field.pixel_counts(height, width, _CONV_DEPTH, self.periodic)
         return InjectorTerms(shift=out[..., : self.channels], scale=jnp.exp(log_scale),
                              inverse_scale=jnp.exp(-log_scale),
                              log_det=jnp.einsum("nhwc,hw->n", log_scale, counts))
@@ -74,7 +75,6 @@ class AffineInjector:
         x = (y - self._expanded(cond.shift, h, w)) * self._expanded(cond.inverse_scale, h, w)
         return x, -jnp.broadcast_to(cond.log_det, y.shape[:1])
 
-    @staticmethod
-    def _expanded(small, height, width):
+    def _expanded(self, small, height, width):
         """A small-field quantity `(N, h, w, C)` on the whole `(height, width)` map."""
-        return constant_field.expand(small, height, width, _CONV_DEPTH)
+        return constant_field.expand(small, height, width, _CONV_DEPTH, self.periodic)
