@@ -1,10 +1,11 @@
 // The conditional affine coupling's forward pass as one fused CPU kernel (an XLA FFI handler).
 //
-// Computes exactly what `jglow.bijectors.ConditionalCoupling.forward` computes, for every map n:
+// Computes what `jglow.bijectors.ConditionalCoupling.forward_in_xla` computes (zero padding),
+// for every map n, from the weights `ConditionalCoupling.kernel_weights` gives:
 //   h1 = relu(conv3x3(xa, kx) [zero padding] + cond_term)     cond_term from the 3x3 small field
 //   h2 = relu(h1 @ wmid + bmid)
 //   out = conv3x3(h2, kz) [padding with ones] + bz             kz, bz already scaled by exp(3 g)
-//   scale = (1 - clamp) * sigmoid(out[:half] + 2) + clamp,  shift = out[half:]
+//   scale = (1 - clamp) * sigmoid(out[:half] + offset) + clamp,  shift = out[half:]
 //   y = concat(xa, (xb + shift) * scale),  log_det = sum log scale
 // XLA runs these as a dozen passes over arrays of 2-36 channels; here each map's intermediate
 // values stay in cache. Two forms (the maps are split over XLA's threads in either):
@@ -15,6 +16,7 @@
 //
 // Shapes: x, y (N, H, W, C); cond (N, min(H, 3), min(W, 3), HID); kx (3, 3, C/2, HID);
 // wmid (HID, HID); bmid (HID); kz (3, 3, HID, C); bz (C); log_det (N). float32 throughout.
+// Attributes: clamp and offset, the scale rule.
 // A map whose input, condition field or weights hold a non-finite value gets NaN outputs.
 
 #include <algorithm>
@@ -54,9 +56,9 @@ inline int small_index(int pos, int side) {
   return pos == 0 ? 0 : (pos == side - 1 ? 2 : 1);
 }
 
-// The coupling's scale from its raw output: (1 - clamp) * sigmoid(raw + 2) + clamp.
-inline float coupling_scale(float raw, float clamp) {
-  return (1.0f - clamp) / (1.0f + expf(-(raw + 2.0f))) + clamp;
+// The coupling's scale from its raw output: (1 - clamp) * sigmoid(raw + offset) + clamp.
+inline float coupling_scale(float raw, float clamp, float offset) {
+  return (1.0f - clamp) / (1.0f + expf(-(raw + offset))) + clamp;
 }
 
 // Whether every value is finite, by the bits (the kernel is compiled with -ffast-math, under
@@ -108,7 +110,7 @@ inline bool inside_map(int i, int j, const Shape& s) {
 
 struct Weights {
   const float *kx, *wmid, *bmid, *kz, *bz;
-  float clamp;
+  float clamp, offset;  // the scale rule (coupling_scale)
   const float* zero_padding;  // (H*W, C): the ZeroConv's taps on the padding, for coupling_16_maps
 };
 
@@ -190,7 +192,7 @@ float coupling_one_map(const float* __restrict x, const float* __restrict cond, 
     float* scale = out + (size_t)c * pixels;
 #pragma omp simd reduction(+ : log_det)
     for (int p = 0; p < pixels; ++p) {
-      scale[p] = coupling_scale(scale[p], w.clamp);
+      scale[p] = coupling_scale(scale[p], w.clamp, w.offset);
       log_det += logf(scale[p]);
     }
   }
@@ -276,7 +278,7 @@ void coupling_16_maps(const float* __restrict x, const float* __restrict cond, i
         float scale[16], yb[16], log_scale[16];
 #pragma omp simd
         for (int l = 0; l < 16; ++l) {
-          scale[l] = coupling_scale(raw[l], w.clamp);
+          scale[l] = coupling_scale(raw[l], w.clamp, w.offset);
           log_scale[l] = logf(scale[l]);
           yb[l] = (xb[l] + shift[l]) * scale[l];
         }
@@ -331,7 +333,8 @@ bool lanes_kernel_applies(const Shape& s) {
 ffi::Error CouplingForward(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> x, ffi::Buffer<ffi::F32> cond,
                            ffi::Buffer<ffi::F32> kx, ffi::Buffer<ffi::F32> wmid,
                            ffi::Buffer<ffi::F32> bmid, ffi::Buffer<ffi::F32> kz,
-                           ffi::Buffer<ffi::F32> bz, float clamp, ffi::ResultBuffer<ffi::F32> y,
+                           ffi::Buffer<ffi::F32> bz, float clamp, float offset,
+                           ffi::ResultBuffer<ffi::F32> y,
                            ffi::ResultBuffer<ffi::F32> log_det) {
   const auto xd = x.dimensions(), cd = cond.dimensions();
   if (xd.size() != 4 || cd.size() != 4 || cd[0] != xd[0])
@@ -345,11 +348,11 @@ ffi::Error CouplingForward(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> x, ffi::B
   const std::vector<float> zero_padding =
       by_lanes ? zero_padding_terms(kz.typed_data(), s) : std::vector<float>();
   const Weights w{kx.typed_data(), wmid.typed_data(), bmid.typed_data(), kz.typed_data(),
-                  bz.typed_data(), clamp, zero_padding.data()};
+                  bz.typed_data(), clamp, offset, zero_padding.data()};
   const bool weights_finite =
       all_finite(w.kx, kx.element_count()) && all_finite(w.wmid, wmid.element_count()) &&
       all_finite(w.bmid, bmid.element_count()) && all_finite(w.kz, kz.element_count()) &&
-      all_finite(w.bz, bz.element_count()) && all_finite(&clamp, 1);
+      all_finite(w.bz, bz.element_count()) && all_finite(&clamp, 1) && all_finite(&offset, 1);
 
   // Blocks of maps: one map for the row kernel, 16 for the lanes kernel.
   const int block = by_lanes ? 16 : 1, n_blocks = (n_maps + block - 1) / block;
@@ -410,5 +413,6 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(jglow_coupling_forward, CouplingForward,
                                   .Arg<ffi::Buffer<ffi::F32>>()  // kz
                                   .Arg<ffi::Buffer<ffi::F32>>()  // bz
                                   .Attr<float>("clamp")
+                                  .Attr<float>("offset")
                                   .Ret<ffi::Buffer<ffi::F32>>()   // y
                                   .Ret<ffi::Buffer<ffi::F32>>());  // log_det

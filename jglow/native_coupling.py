@@ -61,30 +61,29 @@ def available() -> bool:
     return backend.on_cpu() and registered()
 
 
-@functools.partial(jax.custom_jvp, nondiff_argnums=(0, 1))
-def forward(xla_forward, clamp: float, params, x, cond):
-    """The coupling's `(y, log_det)` by the kernel; `xla_forward(params, x, cond)` gives the same
-    with XLA's operations and serves for derivatives.
+@functools.partial(jax.custom_jvp, nondiff_argnums=(0,))
+def forward(coupling, params, x, cond):
+    """`coupling.forward(params, x, cond)`, `(y, log_det)`, by the kernel; derivatives come from
+    `coupling.forward_in_xla`, which computes the same with XLA's operations.
 
-    Args (those of `ConditionalCoupling.forward`): `params` of its `CouplingNet`, `x (N, H, W,
-    C)`, `cond (N or 1, min(H, 3), min(W, 3), hidden)` (the conditions' term with the bias).
+    `coupling` is a zero-padded `jglow.bijectors.ConditionalCoupling`: the kernel takes its CNN's
+    weights from `coupling.kernel_weights(params)` and its scale rule from `coupling.clamp` and
+    `coupling.scale_offset`. `x (N, H, W, C)`; `cond (N or 1, min(H, 3), min(W, 3), hidden)`
+    (the conditions' term with the bias).
     """
-    out = params["out"]
-    gain = jnp.exp(3.0 * out["log_gain"])
     cond = jnp.broadcast_to(cond, x.shape[:1] + cond.shape[1:])
-    return _kernel_call(float(clamp))(x, cond, params["kernel_x"], params["middle"]["kernel"][0, 0],
-                                      params["middle"]["bias"], out["zero_kernel"] * gain,
-                                      out["zero_bias"] * gain)
+    call = _kernel_call(float(coupling.clamp), float(coupling.scale_offset))
+    return call(x, cond, *coupling.kernel_weights(params))
 
 
 @forward.defjvp
-def _forward_jvp(xla_forward, clamp, primals, tangents):
-    return jax.jvp(xla_forward, primals, tangents)
+def _forward_jvp(coupling, primals, tangents):
+    return jax.jvp(coupling.forward_in_xla, primals, tangents)
 
 
 @functools.cache
-def _kernel_call(clamp: float):
-    """`call(x, cond, kx, wmid, bmid, kz, bz) -> (y, log_det)`, the FFI call for one `clamp`.
+def _kernel_call(clamp: float, offset: float):
+    """`call(x, cond, *CouplingWeights) -> (y, log_det)`, the FFI call for one scale rule.
 
     Under `vmap` with the weights unbatched (a grid posterior's maps), the mapped axis is merged
     into the maps' axis and the kernel is called once; batched weights fall back to one call
@@ -94,7 +93,8 @@ def _kernel_call(clamp: float):
     def call(x, cond, *weights):
         shapes = (jax.ShapeDtypeStruct(x.shape, x.dtype),
                   jax.ShapeDtypeStruct(x.shape[:1], x.dtype))
-        return jax.ffi.ffi_call(TARGET, shapes)(x, cond, *weights, clamp=np.float32(clamp))
+        return jax.ffi.ffi_call(TARGET, shapes)(x, cond, *weights, clamp=np.float32(clamp),
+                                                offset=np.float32(offset))
 
     @call.def_vmap
     def _batched(axis_size, in_batched, *args):

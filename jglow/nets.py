@@ -12,6 +12,7 @@ minute; numpy takes milliseconds.
 
 import functools
 import math
+from typing import NamedTuple
 
 import flax.linen as nn
 import jax
@@ -62,6 +63,14 @@ def _param_shapes(module: nn.Module, inputs, method):
                           *inputs)["params"]
 
 
+# A ZeroConv's output is scaled by exp(LOG_GAIN_FACTOR · log_gain), as in Glow.
+LOG_GAIN_FACTOR = 3.0
+
+
+def _gain(log_gain):
+    return jnp.exp(LOG_GAIN_FACTOR * log_gain)
+
+
 def _conv(x, kernel, pad_value=0.0, small_field_of=None, periodic=False):
     """`conv2d(x, kernel, pad_value, periodic)`; with `small_field_of = (H, W, depth)`, `x` is
     the small field of that depth of an `H × W` map and the result the field one conv deeper
@@ -93,7 +102,7 @@ class Conv(nn.Module):
 
 class ZeroConv(nn.Module):
     """3×3 conv on the input padded with ones (or periodic), zero-initialised, output scaled by
-    `exp(3·g)`.
+    `exp(3·g)` (`LOG_GAIN_FACTOR`).
 
     With `small_field_of = (H, W, depth)`, `x` is a small field of an `H × W` map
     (`jglow.constant_field`) and the output the field one conv deeper.
@@ -108,7 +117,7 @@ class ZeroConv(nn.Module):
         bias = _param(self, "zero_bias", (self.features,))
         log_gain = _param(self, "log_gain", (self.features,))
         out = _conv(x, kernel, 1.0, small_field_of, self.periodic)
-        return (out + bias) * jnp.exp(3.0 * log_gain)
+        return (out + bias) * _gain(log_gain)
 
 
 class Dense(nn.Module):
@@ -186,6 +195,26 @@ class CouplingNet(nn.Module):
         """Touches every parameter (for `init`); `cond_field` must have the spatial shape of
         `xa`."""
         return self(xa, self.condition_term(cond_field))
+
+
+class CouplingWeights(NamedTuple):
+    """A `CouplingNet`'s weights in the form the fused CPU kernel takes them
+    (`jglow.native_coupling`), for `channels` C and `hidden` channels."""
+
+    kernel_x: jax.Array     # (3, 3, C/2, hidden): the first conv's part on the map
+    middle: jax.Array       # (hidden, hidden): the 1×1 conv
+    middle_bias: jax.Array  # (hidden,)
+    out_kernel: jax.Array   # (3, 3, hidden, C): the ZeroConv's kernel, times its gain
+    out_bias: jax.Array     # (C,): the ZeroConv's bias, times its gain
+
+
+def coupling_weights(params) -> CouplingWeights:
+    """`CouplingNet` parameters → its `CouplingWeights` (the ZeroConv's gain applied)."""
+    out = params["out"]
+    gain = _gain(out["log_gain"])
+    return CouplingWeights(params["kernel_x"], params["middle"]["kernel"][0, 0],
+                           params["middle"]["bias"], out["zero_kernel"] * gain,
+                           out["zero_bias"] * gain)
 
 
 class PriorMLP(nn.Module):

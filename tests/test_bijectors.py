@@ -1,6 +1,8 @@
 """What each bijector does beyond the contract (tests/test_bijector_contract.py), and the
 convolutions and small fields they are built on."""
 
+import functools
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -14,6 +16,7 @@ from jglow.bijectors import (ActNorm, AffineInjector, ChannelSplit, ConditionalC
 from jglow.bijectors.injector import LOG_SCALE_RANGE
 from jglow.nets import InjectorNet
 from jglow.conv import conv2d
+from jglow.flow import FlowStep
 
 
 CHANNELS, SIDE, COND_DIM = 4, 6, 2  # 6 > 5, so the injector's small-field expansion is exercised
@@ -126,6 +129,27 @@ def test_small_field_expansion_equals_the_full_constant_field(side, periodic):
     np.testing.assert_allclose(expanded(terms.inverse_scale), jnp.exp(-log_scale), rtol=1e-5)
     np.testing.assert_allclose(terms.log_det, jnp.sum(log_scale, axis=(1, 2, 3)), atol=1e-4,
                                rtol=1e-5)
+
+
+@pytest.mark.parametrize("periodic", [False, True])
+def test_a_flow_step_commutes_with_periodic_shifts_exactly_when_its_padding_is_circular(periodic):
+    """forward(roll(x)) == roll(forward(x)) with the same log-det, for circular padding; zero
+    padding sees the edges, so there it differs."""
+    step = FlowStep(CHANNELS, 8, COND_DIM, clamp=1e-3, periodic=periodic)
+    params = jax.tree_util.tree_map(
+        lambda leaf: leaf + 0.3 * jax.random.normal(jax.random.PRNGKey(leaf.size), leaf.shape),
+        step.init(jax.random.PRNGKey(2)))
+    x, z = _inputs()
+    cond = step.condition(params, z, SIDE, SIDE)
+    roll = functools.partial(jnp.roll, shift=(2, -1), axis=(1, 2))
+    y, log_det = step.forward(params, x, cond)
+    y_of_rolled, log_det_of_rolled = step.forward(params, roll(x), cond)
+    difference = float(jnp.max(jnp.abs(y_of_rolled - roll(y))))
+    if periodic:
+        assert difference < 1e-5
+        np.testing.assert_allclose(log_det_of_rolled, log_det, rtol=1e-5, atol=1e-4)
+    else:
+        assert difference > 1e-2
 
 
 @pytest.mark.parametrize("height, width", [(1, 1), (1, 4), (2, 2), (3, 7), (4, 4), (16, 5)])

@@ -18,10 +18,12 @@ def model():
     return trained_model(tiny_config())
 
 
-@pytest.fixture(scope="module")
-def micro():
-    """A 4×4×1 model (16 dimensions) for exact Jacobians; ActNorm on to cover it too."""
-    return trained_model(tiny_config(image_shape=(4, 4, 1), hidden=4, actnorm=True), n=8)
+@pytest.fixture(scope="module", params=jglow.config.PADDINGS)
+def micro(request):
+    """A 4×4×1 model (16 dimensions) for exact Jacobians, with each padding; ActNorm on to cover
+    it too."""
+    config = tiny_config(image_shape=(4, 4, 1), hidden=4, actnorm=True, padding=request.param)
+    return trained_model(config, n=8)
 
 
 def test_parameter_count_of_paper_configuration_matches_reference():
@@ -198,6 +200,7 @@ def test_bad_shapes_raise_value_errors_naming_received_and_expected(model):
     (dict(image_shape=(24, 24, 1), levels=4), r"24x24 are not divisible by 2\*\*levels = 16"),
     (dict(prior="flat"), r"prior must be one of .*got 'flat'"),
     (dict(clamp=0.0), r"clamp must lie in \(0, 1\), got 0.0"),
+    (dict(padding="reflect"), r"padding must be one of .*got 'reflect'"),
     (dict(steps=0), r"steps must be a positive int, got 0"),
     (dict(image_shape=(16, 16)), r"image_shape must be \(H, W, C\).*got \(16, 16\)"),
 ])

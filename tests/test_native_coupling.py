@@ -1,5 +1,6 @@
 """The fused coupling kernel (`jglow.native_coupling`) against the coupling's XLA operations."""
 
+import dataclasses
 import os
 import warnings
 
@@ -61,6 +62,28 @@ def test_kernel_equals_the_xla_coupling(n, height, width, channels, hidden):
     np.testing.assert_allclose(y, y_xla, rtol=1e-5, atol=2e-5)
     np.testing.assert_allclose(log_det, log_det_xla, rtol=1e-5)
     assert not np.array_equal(y[..., channels // 2:], x[..., channels // 2:])  # the coupling acts
+
+
+class _OffsetCoupling(ConditionalCoupling):
+    scale_offset = -0.5
+
+
+@pytest.mark.parametrize("variant", ["clamp", "offset", "periodic"])
+def test_the_kernel_takes_the_scale_rule_from_the_coupling_and_declines_circular_padding(variant):
+    """A coupling with another clamp or scale offset: kernel == XLA, both unlike the default's.
+    With circular padding the coupling keeps to XLA's operations (the kernel pads with zeros)."""
+    coupling, params, x, _ = _coupling_inputs(2, 16, 16, 4, 8)
+    other = {"clamp": dataclasses.replace(coupling, clamp=0.5),
+             "offset": _OffsetCoupling(**dataclasses.asdict(coupling)),
+             "periodic": dataclasses.replace(coupling, periodic=True)}[variant]
+    z = jnp.asarray([[0.3, -0.2], [-0.6, 0.9]], jnp.float32)
+    cond = other.condition(params, z, 16, 16)
+    y, log_det = jax.jit(other.forward)(params, x, cond)
+    y_xla, log_det_xla = jax.jit(other.forward_in_xla)(params, x, cond)
+    np.testing.assert_allclose(y, y_xla, rtol=1e-5, atol=2e-5)
+    np.testing.assert_allclose(log_det, log_det_xla, rtol=1e-5)
+    y_default, _ = coupling.forward(params, x, coupling.condition(params, z, 16, 16))
+    assert float(jnp.max(jnp.abs(y - y_default))) > 1e-2
 
 
 def test_condition_batch_of_one_is_broadcast_over_the_maps():

@@ -3,20 +3,29 @@
 `xa, xb` = first and second half of the channels; a CNN of `concat(xa, conditions)` gives a raw
 scale `r` and a shift `t`; `scale = (1 − clamp)·sigmoid(r + 2) + clamp`, `yb = (xb + t)·scale`,
 `ya = xa`, `log_det = Σ log scale`. The inverse, `xb = yb / scale − t`, multiplies `yb` by at
-most `1/clamp` (`jglow.model`, conditioning of the inverse).
+most `1/clamp` (`jglow.model`, conditioning of the inverse). On the CPU the forward pass runs as
+one fused kernel where it applies (`jglow.native_coupling`).
 """
 
 import dataclasses
+from typing import ClassVar
 
 import jax
 import jax.numpy as jnp
 
 from jglow import constant_field, native_coupling
-from jglow.nets import CouplingNet, numpy_init
+from jglow.nets import CouplingNet, CouplingWeights, coupling_weights, numpy_init
 from jglow.numerics import numpy_generator, sum_except_batch
 
 # One 3×3 convolution sees the conditions' constant field.
 _CONV_DEPTH = 1
+# The raw scale's offset: a zero CNN output gives scale (1 − clamp)·sigmoid(2) + clamp ≈ 0.88.
+SCALE_OFFSET = 2.0
+
+
+def coupling_scale(raw, clamp: float, offset: float = SCALE_OFFSET):
+    """`(1 − clamp)·sigmoid(raw + offset) + clamp`, in `(clamp, 1)`."""
+    return (1.0 - clamp) * jax.nn.sigmoid(raw + offset) + clamp
 
 
 @dataclasses.dataclass(frozen=True)
@@ -26,6 +35,7 @@ class ConditionalCoupling:
     cond_dim: int
     clamp: float = 1e-3
     periodic: bool = False  # circular padding of the CNN's 3×3 convs (maps of a periodic box)
+    scale_offset: ClassVar[float] = SCALE_OFFSET
 
     def __post_init__(self):
         if self.channels % 2:
@@ -53,17 +63,17 @@ class ConditionalCoupling:
         cond_term = constant_field.expand(cond, h, w, _CONV_DEPTH, self.periodic)
         out = self.net.apply({"params": params}, xa, cond_term)
         half = self.channels // 2
-        raw_scale, shift = out[..., :half], out[..., half:]
-        scale = (1.0 - self.clamp) * jax.nn.sigmoid(raw_scale + 2.0) + self.clamp
-        return scale, shift
+        return coupling_scale(out[..., :half], self.clamp, self.scale_offset), out[..., half:]
 
     def forward(self, params, x, cond):
-        """`(y, log_det)`; on the CPU, by the fused kernel where it applies
-        (`jglow.native_coupling`, zero padding only: the same values, derivatives from
-        `forward_in_xla`)."""
         if not self.periodic and native_coupling.applies(x, self.hidden):
-            return native_coupling.forward(self.forward_in_xla, self.clamp, params, x, cond)
+            return native_coupling.forward(self, params, x, cond)
         return self.forward_in_xla(params, x, cond)
+
+    def kernel_weights(self, params) -> CouplingWeights:
+        """The CNN's weights as the fused kernel takes them; with `clamp` and `scale_offset`,
+        all it needs of this coupling."""
+        return coupling_weights(params)
 
     def forward_in_xla(self, params, x, cond):
         half = self.channels // 2
