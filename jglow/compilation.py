@@ -1,6 +1,6 @@
 """`jit`: `jax.jit` with the XLA options jglow's programs are compiled with.
 
-Three options, measured on the paper model (README, Performance):
+Three options, measured on the paper model (benchmarks/RESULTS.md):
 
 * `xla_cpu_use_fusion_emitters=False`: its older (LLVM IR) fusion emitters instead of the MLIR
   ones. Compiling the paper model's training step takes about 0.2 GB of host memory instead of

@@ -15,7 +15,7 @@ The conditioner CNNs have few channels (2–16 in, 4–256 out). XLA:CPU's convo
   output, else `a @ kernel_per_tap` followed by shifted adds. Each form's transpose keeps the
   smaller side's channels times the taps.
 
-The shapes and timings that chose these rules are in README, Performance.
+The shapes and timings that chose these rules are in benchmarks/RESULTS.md.
 """
 
 import jax

@@ -1,7 +1,7 @@
 """The coupling's forward pass as one fused CPU kernel (`native_coupling.cc`, an XLA FFI call).
 
 On the CPU, XLA runs the coupling CNN of a fine level as a dozen passes over arrays of 2–36
-channels, far below the matmul peak (README, Performance). The kernel computes the same
+channels, far below the matmul peak (benchmarks/RESULTS.md). The kernel computes the same
 function map by map with the intermediate values in cache, split over XLA's intra-op threads.
 It is used for the value only: derivatives (`jax.jvp`, `jax.grad`) come from the XLA version
 through a custom JVP, so training and the gradient-based posterior tools are unchanged.
@@ -12,7 +12,8 @@ The kernel is compiled on first use with the C++ compiler `$CXX` (default `g++`)
 version and the CPU's flags. Where that fails, a warning says why and the XLA version is used.
 `JGLOW_NATIVE_COUPLING=0` turns the kernel off.
 
-It applies to float32 maps on the CPU backend in two forms. Along rows of pixels, for maps 16,
+It applies to zero-padded couplings (`GlowConfig.padding`; circular ones run as XLA
+operations) of float32 maps on the CPU backend in two forms. Along rows of pixels, for maps 16,
 32 or 64 pixels wide (and 8, where the next form does not apply) with multiples of 4 channels and
 hidden channels: the paper model's 32×32 and 16×16 levels. With 16 maps as the vector lanes, for
 maps up to 8 pixels wide with multiples of 16 channels and hidden channels: its 8×8 level and

@@ -32,7 +32,7 @@ def lower_triangular_inverse(t):
     `inv([[A, 0], [B, D]]) = [[A⁻¹, 0], [−D⁻¹·B·A⁻¹, D⁻¹]]`, all blocks of one size at once:
     ⌈log2 n⌉ rounds of batched matmuls, in XLA's own ops. (`jax.scipy.linalg.solve_triangular`
     on CPU calls the LAPACK that scipy bundles, whose worker threads then spin for a while and
-    took a quarter of the CPU from the sampling program; README, Performance.)
+    took a quarter of the CPU from the sampling program; benchmarks/RESULTS.md.)
     """
     n = t.shape[-1]
     size = 1 << (n - 1).bit_length()  # the power of two ≥ n; padded with the identity

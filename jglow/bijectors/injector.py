@@ -5,11 +5,8 @@
 CNN's input is constant over the map, its hidden layers are computed on a 3×3 field and its
 output on a 5×5 field, then expanded (`jglow.constant_field`), which is exact.
 
-`exp(s)`, `exp(−s)` and `Σ s` are taken on the small field by `condition`, outside the flow's
-scan: inside it, XLA:CPU fused the exponential into the expansion and evaluated it at every pixel
-(in sampling, 17% of the 16×16 level's time; README, Performance). `s` itself is not kept: the
-stacked terms of every step are live together, and a smaller program's scratch memory is reused
-between calls rather than mapped afresh (README, Performance).
+`exp(s)`, `exp(−s)` and `Σ s` are taken once, on the small field, by `condition` (faster than
+per pixel inside the flow's scan; `s` itself is not kept).
 """
 
 import dataclasses

@@ -68,7 +68,7 @@ def make_optimizer(config: TrainConfig) -> optax.GradientTransformation:
 
     The trainable leaves are raveled into one vector (`optax.flatten`), so the norm and Adam
     are a few large XLA operations instead of some per leaf (224 leaves in the paper model):
-    the same arithmetic, much less to compile (README, Performance)."""
+    the same arithmetic, much less to compile (benchmarks/RESULTS.md)."""
     adam = optax.flatten(optax.chain(optax.clip_by_global_norm(config.clip_norm),
                                      optax.scale_by_adam()))
     return optax.multi_transform({"train": adam, "frozen": optax.set_to_zero()}, _labels)
