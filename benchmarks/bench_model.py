@@ -21,7 +21,7 @@ import jax
 import jax.numpy as jnp
 
 import jglow
-from jglow.model import _log_prob, _sample
+from jglow.compilation import jit
 
 import common
 
@@ -53,10 +53,11 @@ def jglow_timers(batch):
     params, mask = _perturbed_paper_model(x, z)
     count = sum(leaf.size for leaf, trainable in zip(jax.tree_util.tree_leaves(params),
                                                      jax.tree_util.tree_leaves(mask)) if trainable)
-    log_prob_compile, log_prob_fn = common.compile_seconds(_log_prob, params, x, z)
-    key, temperature = jax.random.PRNGKey(2), jnp.float32(1.0)
-    sample_compile, sample_fn = common.compile_seconds(_sample, params, key, z, temperature)
-    samples = sample_fn(params, key, z, temperature)
+    log_prob_compile, log_prob_fn = common.compile_seconds(jit(jglow.log_prob), params, x, z)
+    key = jax.random.PRNGKey(2)
+    sample_at_unit_temperature = jit(lambda p, k, conditions: jglow.sample(p, k, conditions, 1.0))
+    sample_compile, sample_fn = common.compile_seconds(sample_at_unit_temperature, params, key, z)
+    samples = sample_fn(params, key, z)
     static = {
         "parameters": int(count),
         "compile_log_prob_s": log_prob_compile,
@@ -67,7 +68,7 @@ def jglow_timers(batch):
         "log_prob_maps_per_s": lambda repeats: batch / common.median_seconds(
             lambda: log_prob_fn(params, x, z).block_until_ready(), repeats),
         "sample_maps_per_s": lambda repeats: batch / common.median_seconds(
-            lambda: sample_fn(params, key, z, temperature).block_until_ready(), repeats),
+            lambda: sample_fn(params, key, z).block_until_ready(), repeats),
     }
     return static, timers
 

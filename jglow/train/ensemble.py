@@ -14,12 +14,11 @@ that does not finish stops the command there, and the ensemble is not written.
 from __future__ import annotations
 
 import argparse
-import os
 import pathlib
-import shutil
 import sys
 
 import jglow
+from jglow.files import replace_atomically
 from jglow.train import main as train_main
 from jglow.saving import CONFIG_FILE
 from jglow.train.checkpoints import CHECKPOINT_DIR, RUN_FILE
@@ -50,12 +49,6 @@ def build_ensemble_parser() -> argparse.ArgumentParser:
                         help="number of members K >= 1; member k trains with --seed + k in "
                              "WORKDIR/member_k")
     return parser
-
-
-def _copy_atomically(source: pathlib.Path, target: pathlib.Path) -> None:
-    temporary = target.with_name(target.name + ".tmp")
-    shutil.copyfile(source, temporary)
-    os.replace(temporary, target)
 
 
 def main(argv=None) -> int:
@@ -94,7 +87,8 @@ def main(argv=None) -> int:
     except (FileNotFoundError, ValueError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
-    _copy_atomically(members[0] / RUN_FILE, workdir / RUN_FILE)
+    run_record = (members[0] / RUN_FILE).read_bytes()
+    replace_atomically(workdir / RUN_FILE, lambda handle: handle.write(run_record))
     print(f"ensemble of {args.members} members (seeds {base_seed}..{base_seed + args.members - 1})"
           f" in {workdir} (jglow.load)")
     return 0

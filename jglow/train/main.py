@@ -23,6 +23,7 @@ import numpy as np
 from tqdm import tqdm
 
 import jglow
+from jglow.data import DataSpecError
 from jglow.saving import TrainedModel
 from jglow.train import checkpoints, figures, memory, parallel
 from jglow.train.config import (PRESET_NOTES, TrainConfig, UsageError, build_parser,
@@ -316,7 +317,7 @@ def main(argv=None) -> int:
                                        process_id=args.process_id)
         result = run(config, args.workdir, args.accelerator, args.overwrite,
                      progress=not args.no_progress)
-    except (UsageError, FileNotFoundError) as error:
+    except (UsageError, DataSpecError, FileNotFoundError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
     except TrainingStopped as error:
