@@ -1,4 +1,4 @@
-"""Speed of the paper-configuration model on this machine: log_prob and sampling (issue 2).
+"""Speed of the paper-configuration model on this machine: log_prob and sampling.
 
     python benchmarks/bench_model.py [--reference PATH] [--batch 64] [--repeats 5] [--rounds 1]
 
