@@ -19,6 +19,7 @@ import statistics
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 import jglow
 from jglow.compilation import jit
@@ -26,31 +27,40 @@ from jglow.compilation import jit
 import common
 
 
-def _inputs(batch, seed=0):
-    key_x, key_z = jax.random.split(jax.random.PRNGKey(seed))
-    x = jax.random.uniform(key_x, (batch, 64, 64, 1), minval=-1.0, maxval=1.0)
-    z = jax.random.uniform(key_z, (batch, 2), minval=-1.0, maxval=1.0)
-    return x, z
+def inputs(batch, seed=0, side=64):
+    """`(x (batch, side, side, 1), z (batch, 2))` float32, uniform in [−1, 1] (drawn with numpy:
+    XLA:CPU takes seconds to compile each random draw)."""
+    rng = np.random.default_rng(seed)
+    x = rng.uniform(-1.0, 1.0, (batch, side, side, 1)).astype(np.float32)
+    z = rng.uniform(-1.0, 1.0, (batch, 2)).astype(np.float32)
+    return jnp.asarray(x), jnp.asarray(z)
 
 
-def _perturbed_paper_model(x, z):
-    """Paper configuration with every weight moved off its (partly zero) initialisation."""
-    params = jglow.init(jax.random.PRNGKey(0), jglow.paper_config(), x[:1], z[:1])
+def perturbed_model(x, z, scale=1e-3, config=None, seed=1):
+    """`(params, trainable mask)`: a model of `config` (default the paper configuration) with
+    every trainable parameter moved by N(0, scale²) off its (partly zero) initialisation.
+
+    The draws are float32 numpy, so a float64 process casting these parameters evaluates the
+    same model."""
+    params = jglow.init(jax.random.PRNGKey(0), config or jglow.paper_config(), x[:1], z[:1])
     mask = jglow.trainable_mask(params)
-    leaves, treedef = jax.tree_util.tree_flatten(params)
-    keys = jax.random.split(jax.random.PRNGKey(1), len(leaves))
-    noisy = [leaf + 1e-3 * jax.random.normal(k, leaf.shape) if trainable else leaf
-             for leaf, k, trainable in zip(leaves, keys, jax.tree_util.tree_leaves(mask))]
-    return jax.tree_util.tree_unflatten(treedef, noisy), mask
+    rng = np.random.default_rng(seed)
+
+    def moved(leaf, trainable):
+        noise = rng.standard_normal(leaf.shape).astype(np.float32)
+        return leaf + scale * noise if trainable else leaf
+
+    return jax.tree_util.tree_map(moved, params, mask), mask
 
 
-def jglow_timers(batch):
-    """Compiles jglow's log_prob and sampling; returns the static results and two timers.
+def jglow_timers(batch, config=None):
+    """Compiles jglow's log_prob and sampling of a model of `config` (default the paper
+    configuration, square maps); returns the static results and two timers.
 
     Each timer takes `repeats` and returns maps/s (batch over the median call).
     """
-    x, z = _inputs(batch)
-    params, mask = _perturbed_paper_model(x, z)
+    x, z = inputs(batch, side=(config or jglow.paper_config()).image_shape[0])
+    params, mask = perturbed_model(x, z, config=config)
     count = sum(leaf.size for leaf, trainable in zip(jax.tree_util.tree_leaves(params),
                                                      jax.tree_util.tree_leaves(mask)) if trainable)
     log_prob_compile, log_prob_fn = common.compile_seconds(jit(jglow.log_prob), params, x, z)
@@ -114,7 +124,8 @@ def median_over_rounds(measured, side):
 
 
 def main():
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--batch", type=int, default=64, help="maps per call (default 64)")
     parser.add_argument("--repeats", type=int, default=5, help="timed calls per measurement")
     parser.add_argument("--rounds", type=int, default=1,

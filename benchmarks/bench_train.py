@@ -184,7 +184,8 @@ def main():
                 result[f"{name}_vs_reference"] = {
                     "throughput_ratio": ours["maps_per_s"] / theirs["maps_per_s"],
                     "peak_rss_ratio": ours["peak_rss_process_mb"] / theirs["peak_rss_process_mb"],
-                    "steps_peak_rss_ratio": ours["peak_rss_steps_mb"] / theirs["peak_rss_process_mb"]}
+                    "steps_peak_rss_ratio": (ours["peak_rss_steps_mb"]
+                                             / theirs["peak_rss_process_mb"])}
         if args.rounds > 1:
             result["preset_rounds"] = _alternating_rounds(
                 args.rounds, preset_task, reference_task, reference.MALLOC_ENV,

@@ -85,7 +85,8 @@ def _torch():
 def _import_cond_glow(path: str):
     path = os.path.abspath(path)
     if not os.path.isfile(os.path.join(path, "modules", "models.py")):
-        raise FileNotFoundError(f"{path} does not look like a HI-generation checkout (no modules/models.py)")
+        raise FileNotFoundError(f"{path} does not look like a HI-generation checkout "
+                                f"(no modules/models.py)")
     if path not in sys.path:
         sys.path.insert(0, path)
     from modules.models import CondGlow  # noqa: E402  (reference code, imported from the checkout)
@@ -121,7 +122,8 @@ def build_reference(path: str, seed: int = 0):
     torch.manual_seed(seed)
     with _numpy_seed(seed):
         model = CondGlow(**cfg)
-    model = model.float().eval()  # no dropout/batchnorm in the model; eval() changes nothing numerically
+    # no dropout/batchnorm in the model; eval() changes nothing numerically
+    model = model.float().eval()
     size = cfg["input_size"]
     gen = torch.Generator().manual_seed(seed + 1)
     x = torch.rand(2, cfg["n_channels"], size, size, generator=gen) * 2 - 1
@@ -188,7 +190,8 @@ def time_sampling(model, n: int = 64, repeats: int = 5, seed: int = 0) -> dict[s
 
 def time_train_step(model, batch: int = 64, repeats: int = 5, seed: int = 0, lr: float = 3e-4,
                     clip: float = 2.0) -> dict[str, Any]:
-    """One step of the reference training loop (train_conditional.py, without augmentation/data loading).
+    """One step of the reference training loop (train_conditional.py, without augmentation/data
+    loading).
 
     zero_grad(set_to_none) -> loss = -mean(log p)/(C*H*W) -> backward ->
     clip_grad_norm_(2) -> Adam(lr=3e-4).step().  Runs on a deep copy so the
@@ -248,8 +251,10 @@ def time_grid_posterior(model, grid: int = 30, batch: int = 128, repeats: int = 
                     conditions_per_s=lambda m: grid * grid / m)
 
 
-def time_compiled_log_prob(model, batch: int = 64, repeats: int = 7, seed: int = 0) -> dict[str, Any]:
-    """``torch.compile(model)`` forward under no_grad; ``compile_s`` is the first call (trace+codegen)."""
+def time_compiled_log_prob(model, batch: int = 64, repeats: int = 7,
+                           seed: int = 0) -> dict[str, Any]:
+    """``torch.compile(model)`` forward under no_grad; ``compile_s`` is the first call
+    (trace+codegen)."""
     torch = _torch()
     x, c = _inputs(batch, seed)
     compiled = torch.compile(model)
@@ -291,8 +296,8 @@ def _own_cpu_s() -> float:
 
 def _git_head(path: str) -> str | None:
     try:
-        return subprocess.run(["git", "-C", path, "rev-parse", "HEAD"], capture_output=True, text=True,
-                              check=True).stdout.strip()
+        return subprocess.run(["git", "-C", path, "rev-parse", "HEAD"], capture_output=True,
+                              text=True, check=True).stdout.strip()
     except Exception:  # noqa: BLE001 - informational only
         return None
 
@@ -308,9 +313,11 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     ap.add_argument("--repeats", type=int, default=7, help="timed repeats for log_prob/sampling")
     ap.add_argument("--train-repeats", type=int, default=5)
     ap.add_argument("--grid-repeats", type=int, default=3)
-    ap.add_argument("--compile", action="store_true", help="also time torch.compile (slow to compile)")
+    ap.add_argument("--compile", action="store_true",
+                    help="also time torch.compile (slow to compile)")
     ap.add_argument("--malloc", action="store_true",
-                    help=f"re-run this process with {' '.join(f'{k}={v}' for k, v in MALLOC_ENV.items())}")
+                    help=f"re-run this process with "
+                         f"{' '.join(f'{k}={v}' for k, v in MALLOC_ENV.items())}")
     ap.add_argument("--out", help="also write the JSON here")
     args = ap.parse_args(argv)
 
@@ -340,17 +347,21 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "build_s": build_s,
     }
     res["log_prob"] = time_log_prob(model, batch=args.batch, repeats=args.repeats, seed=args.seed)
-    res["sampling"] = time_sampling(model, n=args.sample_n, repeats=max(3, args.repeats - 2), seed=args.seed)
-    res["train_step"] = time_train_step(model, batch=args.batch, repeats=args.train_repeats, seed=args.seed)
+    res["sampling"] = time_sampling(model, n=args.sample_n, repeats=max(3, args.repeats - 2),
+                                    seed=args.seed)
+    res["train_step"] = time_train_step(model, batch=args.batch, repeats=args.train_repeats,
+                                        seed=args.seed)
     res["grid_posterior"] = time_grid_posterior(model, grid=args.grid, batch=args.grid_batch,
                                                 repeats=args.grid_repeats, seed=args.seed)
     if args.compile:
-        res["compiled_log_prob"] = time_compiled_log_prob(model, batch=args.batch, repeats=args.repeats,
-                                                          seed=args.seed)
+        res["compiled_log_prob"] = time_compiled_log_prob(model, batch=args.batch,
+                                                          repeats=args.repeats, seed=args.seed)
     res["total_s"] = time.perf_counter() - t_start
     busy1, own1 = _cpu_busy_s(), _own_cpu_s()
-    # CPU seconds used by *other* processes while this ran; large values mean the timings are contended.
-    res["other_processes_cpu_s"] = None if busy0 is None else round((busy1 - busy0) - (own1 - own0), 2)
+    # CPU seconds used by *other* processes while this ran; large values mean the timings are
+    # contended.
+    res["other_processes_cpu_s"] = (None if busy0 is None
+                                    else round((busy1 - busy0) - (own1 - own0), 2))
     res["loadavg_end"] = os.getloadavg()
     # Flag runs where other processes took more than 10% of the CPU time available to us.
     oc = res["other_processes_cpu_s"]

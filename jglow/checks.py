@@ -41,7 +41,8 @@ def check_conditions(config: GlowConfig, z, batch: int, name: str = "z") -> None
     """`z` must be `(batch, cond_dim)`."""
     shape = tuple(getattr(z, "shape", ()))
     if len(shape) != 2 or shape[1] != config.cond_dim:
-        raise ValueError(f"{name} must have shape (N, {config.cond_dim}) (N, cond_dim), got {shape}")
+        raise ValueError(f"{name} must have shape (N, {config.cond_dim}) (N, cond_dim), got "
+                         f"{shape}")
     if shape[0] != batch:
         raise ValueError(f"{name} has batch size {shape[0]} but the maps have {batch}; "
                          f"expected {name} of shape ({batch}, {config.cond_dim})")

@@ -22,19 +22,34 @@ Three options, measured on the paper model (README, Performance):
   compilation cache entry ... Multiple temp buffer allocations found". Smaller programs are
   cached as usual.
 
-All three are debug options that all XLA backends share, so other backends accept and ignore them
-(not tried on a GPU here). A jaxlib may lack one, so `compiler_options` keeps only those this
-one accepts (possibly none: XLA's defaults).
+They were chosen for XLA:CPU, so they are requested only where JAX's default backend is the CPU
+(`jglow.backend.on_cpu`); on any other backend jglow's programs are compiled with XLA's defaults
+and no option is tried there. A jaxlib may lack one, so on the CPU `compiler_options` keeps only
+those this one accepts (possibly none: XLA's defaults).
+
+On an accelerator, jglow's programs multiply in float32 (`matmul_precision`): JAX's default
+there rounds a float32 product's inputs to TensorFloat-32 (10 bits, recent NVIDIA GPUs) or
+bfloat16 (TPUs), and the flow's inverse (`decode`, sampling) would then undo its forward only to
+about 1e-3 per step instead of to float32 rounding (not measured on an accelerator here; the
+device check, `benchmarks/device_check.py`, reports the round trip). A precision the caller sets
+(`jax.default_matmul_precision`) is kept. On the CPU nothing changes: XLA:CPU multiplies float32
+in float32.
 
 `jit` creates the `jax.jit` at the function's first use, not at import: deciding the options
 compiles a trivial program, which must not start JAX's backend before the trainer's
 `jax.distributed.initialize`.
 """
 
+import contextlib
 import functools
 
 import jax
 import jax.numpy as jnp
+
+from jglow import backend
+
+ACCELERATOR_MATMUL_PRECISION = "float32"
+"""The default precision of jglow's matrix products and convolutions off the CPU."""
 
 # The options for jglow's programs (see the module docstring for the measurements).
 PREFERRED_OPTIONS = {
@@ -46,9 +61,15 @@ PREFERRED_OPTIONS = {
 _REFUSALS = ("No such compile option", "While setting option")
 
 
-@functools.cache
 def compiler_options() -> dict | None:
-    """Those of `PREFERRED_OPTIONS` this jaxlib accepts, or None if it accepts none of them."""
+    """The options of jglow's programs: on the CPU, `accepted_options()`; elsewhere None."""
+    return accepted_options() if backend.on_cpu() else None
+
+
+@functools.cache
+def accepted_options() -> dict | None:
+    """Those of `PREFERRED_OPTIONS` this jaxlib's CPU backend accepts, or None if it accepts
+    none of them (tried once per process)."""
     accepted = {name: value for name, value in PREFERRED_OPTIONS.items()
                 if accepts({name: value})}
     return accepted or None
@@ -65,14 +86,24 @@ def accepts(options: dict) -> bool:
     return True
 
 
+def matmul_precision() -> str | None:
+    """The matmul precision jglow's programs are traced with: `ACCELERATOR_MATMUL_PRECISION`
+    off the CPU unless the caller has set one (`jax.default_matmul_precision`); None (JAX's
+    setting as it is) on the CPU or when the caller has set one."""
+    if backend.on_cpu() or jax.default_matmul_precision.value is not None:
+        return None
+    return ACCELERATOR_MATMUL_PRECISION
+
+
 def jit(fn=None, **jit_kwargs):
-    """`jax.jit(fn, **jit_kwargs)` compiled with `compiler_options()`, created at first use.
+    """`jax.jit(fn, **jit_kwargs)` compiled with `compiler_options()` and traced under
+    `matmul_precision()`, created at first use.
 
     Usable as `@jit` or `@jit(static_argnames=...)`. The result has `jax.jit`'s call and
     `lower`, and `__wrapped__` is `fn`. JAX takes compiler options only for a whole program, so
     a call under a transformation (an enclosing `jax.jit`, as the trainer's step, or `grad`,
-    `vmap` of traced arguments) is a plain `jax.jit`, and the enclosing program's options
-    apply; use this `jit` for your own programs to get jglow's.
+    `vmap` of traced arguments) is a plain `jax.jit`, and the enclosing program's options and
+    precision apply; use this `jit` for your own programs to get jglow's.
     """
     if fn is None:
         return functools.partial(jit, **jit_kwargs)
@@ -80,26 +111,45 @@ def jit(fn=None, **jit_kwargs):
 
 
 class _Jitted:
-    """`fn` jit-compiled: with `compiler_options()` at the top level, plainly when traced."""
+    """`fn` jit-compiled: with `compiler_options()` and `matmul_precision()` at the top level,
+    plainly when traced."""
 
     def __init__(self, fn, jit_kwargs):
         functools.update_wrapper(self, fn)
         self._fn, self._jit_kwargs = fn, jit_kwargs
+        self._by_options = {}
 
-    @functools.cached_property
+    @property
     def _top_level(self):
-        return jax.jit(self._fn, compiler_options=compiler_options(), **self._jit_kwargs)
+        """The `jax.jit` with the options of the backend in use now (one per set of options)."""
+        options = compiler_options()
+        key = None if options is None else tuple(sorted(options.items()))
+        if key not in self._by_options:
+            self._by_options[key] = jax.jit(self._fn, compiler_options=options,
+                                            **self._jit_kwargs)
+        return self._by_options[key]
 
     @functools.cached_property
     def _nested(self):
         return jax.jit(self._fn, **self._jit_kwargs)
 
     def __call__(self, *args, **kwargs):
-        jitted = self._nested if _traced(args, kwargs) else self._top_level
-        return jitted(*args, **kwargs)
+        if _traced(args, kwargs):
+            return self._nested(*args, **kwargs)
+        with _precision():
+            return self._top_level(*args, **kwargs)
 
     def lower(self, *args, **kwargs):
-        return self._top_level.lower(*args, **kwargs)
+        with _precision():
+            return self._top_level.lower(*args, **kwargs)
+
+
+def _precision():
+    """A context that traces under `matmul_precision()` (nothing to do when it is None)."""
+    precision = matmul_precision()
+    if precision is None:
+        return contextlib.nullcontext()
+    return jax.default_matmul_precision(precision)
 
 
 def _traced(*args) -> bool:

@@ -25,7 +25,8 @@ class GlowConfig:
       cond_hidden: width of the hidden layers of the conditional-prior MLPs.
       prior: "conditional" (MLPs of z), "learned" (per-element mean and log-variance) or
         "standard" (fixed N(0, I)).
-      clamp: lower bound of the coupling scale, `scale ∈ (clamp, 1)`.
+      clamp: lower bound of the coupling scale, `scale ∈ (clamp, 1)`: an inverted coupling
+        multiplies its second half by at most `1/clamp` (`jglow.model`, conditioning).
       actnorm: apply a data-initialised ActNorm after each squeeze.
       remat_steps: wrap each flow step in `jax.checkpoint` (less memory for gradients, more time).
     """
@@ -45,7 +46,8 @@ class GlowConfig:
         shape = tuple(int(s) for s in self.image_shape)
         object.__setattr__(self, "image_shape", shape)
         if len(shape) != 3 or min(shape) < 1:
-            raise ValueError(f"image_shape must be (H, W, C) with positive sides, got {self.image_shape}")
+            raise ValueError(f"image_shape must be (H, W, C) with positive sides, got "
+                             f"{self.image_shape}")
         for name in ("cond_dim", "levels", "steps", "hidden", "cond_hidden"):
             value = getattr(self, name)
             if not isinstance(value, int) or value < 1:
@@ -62,7 +64,8 @@ class GlowConfig:
             raise ValueError(f"clamp must lie in (0, 1), got {self.clamp}")
 
     def level_shape(self, level: int) -> Tuple[int, int, int]:
-        """`(H, W, C)` inside the flow steps of `level` (0-based); `level == levels` is the final block."""
+        """`(H, W, C)` inside the flow steps of `level` (0-based); `level == levels` is the final
+        block."""
         height, width, channels = self.image_shape
         for _ in range(min(level, self.levels)):  # levels passed: squeeze, keep the first half
             height, width, channels = height // 2, width // 2, (4 * channels) // 2

@@ -89,8 +89,10 @@ def _column_matrix(kernel, cols_read, padded_width: int):
     """`(kh·(w+1)·Cin, w'·Cout)`: entry `[(i, q, c), (p, o)] = Σ_j kernel[i, j, c, o]` over the
     taps `j` through which output column `p` reads column `q` of the padded small field."""
     kh, kw, channels_in, _ = kernel.shape
-    reads = (cols_read[None] == np.arange(padded_width)[:, None, None]).astype(np.float32)  # (q, p, j)
-    matrix = sum(reads[None, :, None, :, None, j] * kernel[:, j, None, :, None, :] for j in range(kw))
+    # reads: (q, p, j)
+    reads = (cols_read[None] == np.arange(padded_width)[:, None, None]).astype(np.float32)
+    matrix = sum(reads[None, :, None, :, None, j] * kernel[:, j, None, :, None, :]
+                 for j in range(kw))
     return matrix.reshape(kh * padded_width * channels_in, -1)
 
 

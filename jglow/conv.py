@@ -33,7 +33,8 @@ SMALL_FIELD_PIXELS = 25
 
 
 def conv2d(x, kernel, pad_value=0.0):
-    """Stride-1 'same' convolution: `x (N, H, W, Cin)`, `kernel (kh, kw, Cin, Cout)` → `(N, H, W, Cout)`.
+    """Stride-1 'same' convolution: `x (N, H, W, Cin)`, `kernel (kh, kw, Cin, Cout)` →
+    `(N, H, W, Cout)`.
 
     Kernel sides are odd; the border is padded with `pad_value` (0 for an ordinary
     convolution, 1 for Glow's ZeroConv). A 1×1 kernel (also the invertible 1×1 convolution)

@@ -1,4 +1,5 @@
-"""A flow step (1×1 conv → affine injector → coupling) and a stack of `K` of them under `lax.scan`."""
+"""A flow step (1×1 conv → affine injector → coupling) and a stack of `K` of them under
+`lax.scan`."""
 
 import dataclasses
 

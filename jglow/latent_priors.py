@@ -33,7 +33,8 @@ class ConditionalPrior:
     def init(self, key):
         rng = numpy_generator(key)
         dummy = jnp.zeros((1, self.cond_dim))
-        return {"mean": numpy_init(self.net, rng, dummy), "log_var": numpy_init(self.net, rng, dummy)}
+        return {"mean": numpy_init(self.net, rng, dummy),
+                "log_var": numpy_init(self.net, rng, dummy)}
 
     def mean_log_var(self, params, z):
         n = z.shape[0]

@@ -8,6 +8,29 @@ Work that does not depend on the maps (the injector CNNs, the conditions' part o
 CNN, the 1×1 convolutions' matrices, the prior networks) is gathered by `condition(params, z)`;
 the flow itself is then `log_prob_given(params, x, conditioning)`. `log_prob` is the composition
 of the two; the posterior reuses one conditioning for many maps.
+
+Conditioning of the inverse. `decode` undoes `encode` exactly in exact arithmetic; in floating
+point, to the dtype's rounding times the flow's amplification of it, which no part of the
+architecture bounds over many steps. The clamps bound one step each: a coupling's scale lies in
+`(clamp, 1)` (`GlowConfig.clamp`, 1e-3), so an inverted coupling multiplies its second half by at
+most `1/clamp` before subtracting its shift; the injector's log-scale lies in `[log 1e-3, 5]`
+(`jglow.bijectors.injector.LOG_SCALE_RANGE`), so its inverse multiplies by at most 1000; the
+priors' log-variances lie in `[−3, 5]` (`jglow.latent_priors.LOG_VAR_RANGE`). They keep every step
+finite, not the flow well-conditioned: 1000 per step over the paper model's 140 steps is far beyond
+float32's range. The conditioning is what the parameters make it. At the initialisation every
+coupling's scale is `(1 − clamp)·sigmoid(2) + clamp` ≈ 0.881 with no shift, so each inverted
+coupling multiplies half the channels by 1.135. Measured on the paper model
+(`benchmarks/bench_inverse.py`, 4 maps uniform in [−1, 1]): at the initialisation the round trip
+errs by up to 5.8e-5 in float32 and 1.0e-13 in float64, and samples reach 9e3; with every parameter
+moved by N(0, 0.001²) off it, 2.9e-3 and 5.3e-12; by N(0, 0.01²), 1.36 and 2.3e-9, and every
+float32 sample is non-finite while float64's reach 7e215 (in sampling, the couplings' raw scales
+saturate as the values grow, their scales fall to the clamp, and inverted couplings multiply by up
+to 1000 each, 342 in the median). In each case the float32 error is the float64 one times the ratio
+of their roundings (~5e8): ill-conditioning, not a defect. Small models trained a few steps
+round-trip to float32 rounding (`tests/test_inverse.py`). The trainer's validation records and
+`python -m train.evaluate` report the round trip and the non-finite samples of the parameters at
+hand (`jglow.train.metrics.inverse_check`), with a warning beyond
+`jglow.train.metrics.ROUND_TRIP_TOLERANCE`.
 """
 
 from typing import List, Tuple
@@ -49,7 +72,8 @@ def _level_blocks(params: GlowParams):
     """`(spatial shape, StepStack, block params)` for each level and then the final block."""
     config = params.config
     blocks = list(params.levels) + [params.final]
-    return [(config.level_shape(l)[:2], _stack(config, l), block) for l, block in enumerate(blocks)]
+    return [(config.level_shape(level)[:2], _stack(config, level), block)
+            for level, block in enumerate(blocks)]
 
 
 # --- initialisation --------------------------------------------------------------------------
@@ -185,7 +209,8 @@ def _decode(params, latents, z):
 def _sample(params, key, z, temperature):
     conditioning = condition(params, z)
     keys = jax.random.split(key, len(conditioning["priors"]))
-    latents = [draw(k, mlv, z.shape[0], temperature) for k, mlv in zip(keys, conditioning["priors"])]
+    latents = [draw(k, mlv, z.shape[0], temperature)
+               for k, mlv in zip(keys, conditioning["priors"])]
     x, _ = flow_inverse(params, latents, conditioning)
     return x
 

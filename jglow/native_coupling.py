@@ -34,6 +34,8 @@ import jax.numpy as jnp
 import jaxlib
 import numpy as np
 
+from jglow import backend
+
 SOURCE = Path(__file__).with_name("native_coupling.cc")
 TARGET = "jglow_coupling_forward"
 ENABLE_VARIABLE = "JGLOW_NATIVE_COUPLING"
@@ -53,9 +55,10 @@ def applies(x, hidden: int) -> bool:
 
 
 def available() -> bool:
-    """Whether the kernel runs in this process: JAX's default backend is the CPU and the kernel
-    is registered."""
-    return jax.default_backend() == "cpu" and registered()
+    """Whether the kernel runs in this process: JAX's default backend is the CPU
+    (`jglow.backend.on_cpu`) and the kernel is registered. On another backend it is neither
+    built nor loaded."""
+    return backend.on_cpu() and registered()
 
 
 @functools.partial(jax.custom_jvp, nondiff_argnums=(0, 1))

@@ -45,7 +45,8 @@ def _param(module: nn.Module, name: str, shape):
 
 def numpy_init(module: nn.Module, rng: np.random.Generator, *inputs, method=None):
     """`module`'s parameters for inputs shaped like `inputs`, drawn with numpy (no compilation)."""
-    shapes = _param_shapes(module, tuple(jax.ShapeDtypeStruct(x.shape, x.dtype) for x in inputs), method)
+    shapes = _param_shapes(module, tuple(jax.ShapeDtypeStruct(x.shape, x.dtype) for x in inputs),
+                           method)
 
     def draw(path, leaf):
         std = _initial_std(path[-1].key, leaf.shape)
@@ -72,7 +73,8 @@ def _conv(x, kernel, pad_value=0.0, small_field_of=None):
 
 
 class Conv(nn.Module):
-    """Convolution with a square `size × size` kernel, zero 'same' padding, `(N,H,W,Cin) -> (N,H,W,features)`.
+    """Convolution with a square `size × size` kernel, zero 'same' padding,
+    `(N,H,W,Cin) -> (N,H,W,features)`.
 
     With `small_field_of = (H, W, depth)`, `x` is a small field of an `H × W` map and so is the
     output, one conv deeper (`jglow.constant_field`).
@@ -138,7 +140,8 @@ class InjectorNet(nn.Module):
 
 
 class CouplingNet(nn.Module):
-    """Coupling CNN on `concat(xa, conditions)`: 3×3 conv, ReLU, 1×1 conv, ReLU, ZeroConv → `channels`.
+    """Coupling CNN on `concat(xa, conditions)`: 3×3 conv, ReLU, 1×1 conv, ReLU, ZeroConv →
+    `channels`.
 
     The first convolution is linear in its input, so it is split exactly into a part on `xa` and
     a part on the constant condition field (`condition_term`), which is computed once on a 3×3
@@ -157,7 +160,8 @@ class CouplingNet(nn.Module):
         self.out = ZeroConv(self.channels)
 
     def condition_term(self, cond_field, map_shape=None):
-        """`(N, h, w, D)` constant field → `(N, h, w, hidden)`: the conditions' part of conv 1, with bias.
+        """`(N, h, w, D)` constant field → `(N, h, w, hidden)`: the conditions' part of conv 1,
+        with bias.
 
         With `map_shape = (H, W)`, `cond_field` is the depth-0 small field `(N, 1, 1, D)` of an
         `H × W` map and the result its depth-1 field (at most 3×3).
@@ -172,7 +176,8 @@ class CouplingNet(nn.Module):
         return self.out(h)
 
     def init_all(self, xa, cond_field):
-        """Touches every parameter (for `init`); `cond_field` must have the spatial shape of `xa`."""
+        """Touches every parameter (for `init`); `cond_field` must have the spatial shape of
+        `xa`."""
         return self(xa, self.condition_term(cond_field))
 
 

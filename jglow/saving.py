@@ -34,6 +34,7 @@ import numpy as np
 from jglow import ensemble
 from jglow.config import GlowConfig
 from jglow.data.preprocessing import Preprocessing
+from jglow.errors import InputError
 from jglow.files import replace_atomically
 from jglow.model import init
 from jglow.model_params import GlowParams
@@ -116,10 +117,10 @@ def _read_record(directory: pathlib.Path) -> dict:
                                     f"written by jglow.save or the trainer)")
     record = json.loads(config_path.read_text())
     if record.get("format") != FORMAT or record.get("version") != VERSION:
-        raise ValueError(f"{config_path}: format {record.get('format')!r} version "
+        raise InputError(f"{config_path}: format {record.get('format')!r} version "
                          f"{record.get('version')!r}, expected {FORMAT!r} version {VERSION}")
     if record["params_sha256"] != _sha256(params_path):
-        raise ValueError(f"{params_path} does not match the checksum in {config_path}: the pair "
+        raise InputError(f"{params_path} does not match the checksum in {config_path}: the pair "
                          f"was torn (e.g. a crash while saving); save the model again")
     return record
 
@@ -140,11 +141,11 @@ def _read_params(directory: pathlib.Path, template: GlowParams) -> GlowParams:
         arrays = {name: stored[name] for name in stored.files}
     if set(arrays) != set(expected):
         missing, extra = sorted(set(expected) - set(arrays)), sorted(set(arrays) - set(expected))
-        raise ValueError(f"{directory / PARAMS_FILE} does not fit {config}: missing leaves "
+        raise InputError(f"{directory / PARAMS_FILE} does not fit {config}: missing leaves "
                          f"{missing[:3]}, unexpected leaves {extra[:3]}")
     for name, want in expected.items():
         if arrays[name].shape != want.shape or arrays[name].dtype != want.dtype:
-            raise ValueError(f"{directory / PARAMS_FILE}: leaf {name} has shape "
+            raise InputError(f"{directory / PARAMS_FILE}: leaf {name} has shape "
                              f"{arrays[name].shape} {arrays[name].dtype}, expected "
                              f"{want.shape} {want.dtype}")
     flat, treedef = jax.tree_util.tree_flatten_with_path(template)
@@ -158,29 +159,29 @@ def _check_members_agree(member_dirs, records) -> None:
         for key in ("config", "preprocessing"):
             if record[key] != records[0][key]:
                 differences = ensemble.field_differences(records[0][key], record[key])
-                raise ValueError(f"ensemble member {directory} has another {key} than member "
+                raise InputError(f"ensemble member {directory} has another {key} than member "
                                  f"{member_dirs[0]} ({differences}); the members of an "
                                  f"ensemble must share their config and preprocessing")
 
 
-def _member_dirs(directory: pathlib.Path) -> list:
+def ensemble_member_dirs(directory: pathlib.Path) -> list:
     """The member directories listed by `directory/ensemble.json`, checked."""
     path = directory / ENSEMBLE_FILE
     record = json.loads(path.read_text())
     if record.get("format") != ENSEMBLE_FORMAT or record.get("version") != ENSEMBLE_VERSION:
-        raise ValueError(f"{path}: format {record.get('format')!r} version "
+        raise InputError(f"{path}: format {record.get('format')!r} version "
                          f"{record.get('version')!r}, expected {ENSEMBLE_FORMAT!r} version "
                          f"{ENSEMBLE_VERSION}")
     members = record.get("members")
     if not isinstance(members, list) or not members or not all(
             isinstance(m, str) for m in members):
-        raise ValueError(f"{path}: members {members!r}, expected a non-empty list of member "
+        raise InputError(f"{path}: members {members!r}, expected a non-empty list of member "
                          f"directories relative to {directory}")
     return [directory / m for m in members]
 
 
 def _load_ensemble(directory: pathlib.Path) -> TrainedModel:
-    member_dirs = _member_dirs(directory)
+    member_dirs = ensemble_member_dirs(directory)
     records = [_read_record(d) for d in member_dirs]
     _check_members_agree(member_dirs, records)
     config = GlowConfig(**records[0]["config"])
@@ -196,9 +197,10 @@ def load(path) -> TrainedModel:
 
     Raises:
       FileNotFoundError: `path` (or a member) lacks `model.json` or `params.npz`.
-      ValueError: unknown format, a checksum mismatch, leaves whose names or shapes do not
-        match the configuration (naming the first difference), or ensemble members whose
-        config or preprocessing differ (naming the first differing member and the fields).
+      InputError (a `ValueError`): unknown format, a checksum mismatch, leaves whose names or
+        shapes do not match the configuration (naming the first difference), or ensemble
+        members whose config or preprocessing differ (naming the first differing member and
+        the fields).
     """
     directory = pathlib.Path(path)
     if (directory / ENSEMBLE_FILE).is_file():
@@ -217,8 +219,9 @@ def save_ensemble(path, member_dirs) -> None:
 
     Raises:
       FileNotFoundError: a member lacks `model.json` or `params.npz`.
-      ValueError: no members, a member torn or of another format, or members whose config or
-        preprocessing differ (naming the first differing member and the fields).
+      ValueError: no members.
+      InputError (a `ValueError`): a member torn or of another format, or members whose config
+        or preprocessing differ (naming the first differing member and the fields).
     """
     directory = pathlib.Path(path)
     if isinstance(member_dirs, (str, os.PathLike)):

@@ -32,7 +32,8 @@ def test_squeeze_puts_each_2x2_block_into_channels_in_documented_order():
     for c in range(3):
         for dy in range(2):
             for dx in range(2):
-                np.testing.assert_array_equal(y[:, :, :, 4 * c + 2 * dy + dx], x[:, dy::2, dx::2, c])
+                np.testing.assert_array_equal(y[:, :, :, 4 * c + 2 * dy + dx],
+                                              x[:, dy::2, dx::2, c])
 
 
 def test_split_keeps_the_first_half_of_the_channels_and_merges_back_exactly():
@@ -63,7 +64,8 @@ def test_actnorm_normalises_its_init_batch_and_guards_constant_channels():
 def test_invconv_weight_times_inverse_is_identity_and_constants_get_no_gradient():
     bijector = InvConv1x1(8)
     params = bijector.init(jax.random.PRNGKey(0))
-    np.testing.assert_allclose(bijector.weight(params) @ bijector.inverse_weight(params), jnp.eye(8), atol=1e-5)
+    np.testing.assert_allclose(bijector.weight(params) @ bijector.inverse_weight(params),
+                               jnp.eye(8), atol=1e-5)
     x, _ = _inputs()
     small = InvConv1x1(CHANNELS)
 
@@ -117,15 +119,18 @@ def test_small_field_expansion_equals_the_full_constant_field(side):
     np.testing.assert_allclose(expanded(terms.shift), shift, atol=1e-5, rtol=1e-5)
     np.testing.assert_allclose(expanded(terms.scale), jnp.exp(log_scale), rtol=1e-5)
     np.testing.assert_allclose(expanded(terms.inverse_scale), jnp.exp(-log_scale), rtol=1e-5)
-    np.testing.assert_allclose(terms.log_det, jnp.sum(log_scale, axis=(1, 2, 3)), atol=1e-4, rtol=1e-5)
+    np.testing.assert_allclose(terms.log_det, jnp.sum(log_scale, axis=(1, 2, 3)), atol=1e-4,
+                               rtol=1e-5)
 
 
 @pytest.mark.parametrize("height, width", [(1, 1), (1, 4), (2, 2), (3, 7), (4, 4), (16, 5)])
 @pytest.mark.parametrize("pad_value", [0.0, 1.0])
 @pytest.mark.parametrize("depth", [0, 1])
 def test_conv_of_small_field_equals_the_conv_of_the_expanded_field(height, width, pad_value, depth):
-    """`conv_of_small_field` on a depth-n field == conv2d of the expanded map, on the depth-n+1 field."""
-    small_shape = (3, constant_field.small_side(height, depth), constant_field.small_side(width, depth), 5)
+    """`conv_of_small_field` on a depth-n field == conv2d of the expanded map, on the depth-n+1
+    field."""
+    small_shape = (3, constant_field.small_side(height, depth),
+                   constant_field.small_side(width, depth), 5)
     small = jax.random.normal(jax.random.PRNGKey(4), small_shape)
     kernel = jax.random.normal(jax.random.PRNGKey(5), (3, 3, 5, 6))
     direct = conv2d(constant_field.expand(small, height, width, depth), kernel, pad_value=pad_value)
@@ -187,23 +192,26 @@ CONV_CASES = [(4, 2, 7, 3), (9, 2, 16, 3), (9, 16, 4, 3), (9, 8, 6, 3), (9, 3, 5
 
 @pytest.mark.parametrize("side, channels_in, channels_out, size", CONV_CASES)
 @pytest.mark.parametrize("pad_value", [0.0, 1.0])
-def test_conv2d_value_and_derivatives_equal_xla_convolution(side, channels_in, channels_out, size, pad_value):
+def test_conv2d_value_and_derivatives_equal_xla_convolution(side, channels_in, channels_out, size,
+                                                            pad_value):
     """Every path of `conv2d`, its JVP, its VJP and its vmapped gradient agree with `lax.conv`."""
     rng = np.random.default_rng(side * channels_in)
     x, tangent_x = (jnp.asarray(rng.standard_normal((3, side, side + 1, channels_in)), jnp.float32)
                     for _ in range(2))
-    kernel, tangent_kernel = (jnp.asarray(rng.standard_normal((size, size, channels_in, channels_out)),
-                                          jnp.float32) for _ in range(2))
+    kernel, tangent_kernel = (
+        jnp.asarray(rng.standard_normal((size, size, channels_in, channels_out)), jnp.float32)
+        for _ in range(2))
     ours = lambda x, kernel: conv2d(x, kernel, pad_value)
     xla = lambda x, kernel: _xla_conv(x, kernel, pad_value)
     expected = xla(x, kernel)
     assert ours(x, kernel).shape == expected.shape == (3, side, side + 1, channels_out)
     np.testing.assert_allclose(ours(x, kernel), expected, rtol=1e-5, atol=1e-4)
     primals, tangents = (x, kernel), (tangent_x, tangent_kernel)
-    np.testing.assert_allclose(jax.jvp(ours, primals, tangents)[1], jax.jvp(xla, primals, tangents)[1],
-                               rtol=1e-5, atol=1e-4)
+    np.testing.assert_allclose(jax.jvp(ours, primals, tangents)[1],
+                               jax.jvp(xla, primals, tangents)[1], rtol=1e-5, atol=1e-4)
     cotangent = jnp.asarray(rng.standard_normal(expected.shape), jnp.float32)
-    for got, want in zip(jax.vjp(ours, x, kernel)[1](cotangent), jax.vjp(xla, x, kernel)[1](cotangent)):
+    for got, want in zip(jax.vjp(ours, x, kernel)[1](cotangent),
+                         jax.vjp(xla, x, kernel)[1](cotangent)):
         np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-3)
     kernels = jnp.stack([kernel, tangent_kernel])
     batched_grad = lambda f: jax.vmap(jax.grad(lambda k: jnp.sum(jnp.sin(f(x, k)))))(kernels)

@@ -33,15 +33,15 @@ def test_options_this_jaxlib_refuses_are_dropped_one_by_one(monkeypatch):
     known = {"xla_cpu_use_fusion_emitters": False}
     bad_value = {"xla_cpu_experimental_ynn_fusion_type": "NO_SUCH_TYPE"}
     monkeypatch.setattr(compilation, "PREFERRED_OPTIONS", {**known, **UNKNOWN_OPTIONS, **bad_value})
-    compilation.compiler_options.cache_clear()
+    compilation.accepted_options.cache_clear()
     try:
         assert compilation.compiler_options() == known
         monkeypatch.setattr(compilation, "PREFERRED_OPTIONS", {**UNKNOWN_OPTIONS, **bad_value})
-        compilation.compiler_options.cache_clear()
+        compilation.accepted_options.cache_clear()
         assert compilation.compiler_options() is None
     finally:
         monkeypatch.undo()
-        compilation.compiler_options.cache_clear()
+        compilation.accepted_options.cache_clear()
     assert compilation.compiler_options() == compilation.PREFERRED_OPTIONS
 
 
@@ -136,7 +136,8 @@ def test_scratch_memory_comes_in_blocks_below_mallocs_mmap_threshold(tmp_path):
     done = subprocess.run([sys.executable, "-c", _SCRATCH_PROGRAMS], capture_output=True,
                           text=True, timeout=300, env=environment)
     assert done.returncode == 0, done.stderr[-2000:]
-    plain, with_options = _scratch_blocks(tmp_path, "plain_program"), _scratch_blocks(tmp_path, "jglow_program")
+    plain = _scratch_blocks(tmp_path, "plain_program")
+    with_options = _scratch_blocks(tmp_path, "jglow_program")
     assert max(plain) >= 48 * 2**20
     assert max(with_options) <= 30 * 2**20
     assert sum(with_options) >= 48 * 2**20

@@ -6,7 +6,6 @@ import subprocess
 import sys
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 import pytest
 from scipy.stats import multivariate_normal
@@ -142,7 +141,8 @@ def test_log_prob_jits_and_vmaps_over_a_grid():
 
 def test_log_prob_refuses_bad_shapes():
     maps = np.ones((3, 8, 8), np.float32)
-    with pytest.raises(ValueError, match=r"params must have shape \(2,\) or \(3, 2\).*got \(2, 2\)"):
+    with pytest.raises(ValueError,
+                       match=r"params must have shape \(2,\) or \(3, 2\).*got \(2, 2\)"):
         data.synthetic_log_prob(maps, np.ones((2, 2)))
     with pytest.raises(ValueError, match=r"maps must have shape \(N, n, n\).*got \(3, 8, 4\)"):
         data.synthetic_log_prob(np.ones((3, 8, 4)), np.ones(2))

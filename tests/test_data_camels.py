@@ -34,7 +34,8 @@ def _write_higlow(directory, maps, table):
     np.save(maps_path, maps)
     with open(directory / "CAMELs_params.csv", "w", newline="") as handle:
         writer = csv.writer(handle)
-        writer.writerow(["name", "Omega_m", "sigma_8", "A_SN1", "A_AGN1", "A_SN2", "A_AGN2", "seed"])
+        writer.writerow(["name", "Omega_m", "sigma_8", "A_SN1", "A_AGN1", "A_SN2", "A_AGN2",
+                         "seed"])
         for i, row in enumerate(table):
             writer.writerow([f"LH_{i}", *(f"{v:.17g}" for v in row), 1000 + i])
     return maps_path
@@ -106,7 +107,8 @@ def test_missing_files(tmp_path):
     maps_path = tmp_path / "Maps_HI_SIMBA_LH_z=0.00.npy"
     np.save(maps_path, _maps())
     with pytest.raises(FileNotFoundError,
-                       match=r"no parameter file found beside .*params_LH_SIMBA\.txt.*CAMELs_params\.csv"):
+                       match=r"no parameter file found beside .*params_LH_SIMBA\.txt"
+                             r".*CAMELs_params\.csv"):
         data.load_camels(maps_path)
     with pytest.raises(FileNotFoundError, match="parameter file not found: .*absent.txt"):
         data.load_camels(maps_path, tmp_path / "absent.txt")
@@ -123,13 +125,15 @@ def test_malformed_csv_row_names_its_line(tmp_path):
     maps_path = _write_higlow(tmp_path, _maps(), _table())
     with open(tmp_path / "CAMELs_params.csv", "a") as handle:
         handle.write("LH_4,0.3,oops,1,1,1,1,5\n")
-    with pytest.raises(ValueError, match=r"CAMELs_params.csv, line 6: expected a name, six numbers"):
+    with pytest.raises(ValueError,
+                       match=r"CAMELs_params.csv, line 6: expected a name, six numbers"):
         data.load_camels(maps_path, maps_per_sim=PER_SIM)
 
 
 def test_maps_must_be_a_stack(tmp_path):
     maps_path = _write_multifield(tmp_path, _maps()[..., None], _table())
-    with pytest.raises(ValueError, match=r"expected maps of shape \(N, H, W\), got \(12, 8, 8, 1\)"):
+    with pytest.raises(ValueError,
+                       match=r"expected maps of shape \(N, H, W\), got \(12, 8, 8, 1\)"):
         data.load_camels(maps_path, maps_per_sim=PER_SIM)
 
 

@@ -123,7 +123,8 @@ def test_refusals(maps):
         with pytest.raises(ValueError, match="map 3 has pixel value"):
             prep.forward_log_det(bad)
     assert not np.all(np.isfinite(jax.jit(prep.forward_maps)(bad)))   # unchecked when traced
-    with pytest.raises(ValueError, match=r"method must be one of \('minmax', 'sigmoid'\), got 'tanh'"):
+    with pytest.raises(ValueError,
+                       match=r"method must be one of \('minmax', 'sigmoid'\), got 'tanh'"):
         data.fit_preprocessing(maps, "tanh")
     with pytest.raises(ValueError, match=r"maps must have shape \(N, H, W\), got \(16, 16\)"):
         prep.forward_maps(maps[0])

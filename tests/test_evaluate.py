@@ -1,5 +1,6 @@
 """`python -m train.evaluate` and the statistics it reports, each on inputs with a known answer."""
 
+import copy
 import json
 import math
 import shutil
@@ -214,6 +215,28 @@ def test_the_measured_calibration_is_in_the_headline_and_what_infer_prints(evalu
     assert report.held_out_calibration(tmp_path / "elsewhere") == (
         [f"no held-out calibration yet: run python -m train.evaluate --model "
          f"{tmp_path / 'elsewhere'}"], [])
+
+
+def test_the_round_trip_is_in_the_headline_and_an_unsound_inverse_warns(evaluated):
+    _, data, markdown, _ = evaluated
+    error = data["health"]["reconstruction"]["max_abs_model_space"]
+    line = (f"non-finite samples 0 of 38; round trip max |decode(encode(x)) - x| {error:.3g} "
+            f"(model space)")
+    assert line in report.headline(data).splitlines() and line in markdown
+    assert not any("inverse" in warning for warning in report.warnings_of(data))
+    unsound = copy.deepcopy(data)
+    unsound["health"]["n_nonfinite"] = 3
+    unsound["health"]["reconstruction"]["max_abs_model_space"] = 0.5
+    assert report.warnings_of(unsound)[-1] == (
+        "warning: the model's inverse is unsound on held-out data: decode(encode(x)) differs "
+        "from x by up to 0.5 in model space (expected <= 0.001): the inverse is "
+        "ill-conditioned; 3 of 38 samples are not finite")
+
+
+def test_the_default_batch_on_the_cpu_is_recorded_but_not_in_the_command(evaluated):
+    _, data, _, _ = evaluated
+    assert data["options"]["batch"] == evaluate.CPU_BATCH == 256
+    assert "--batch" not in data["command"]
 
 
 def test_zoom_is_the_default_and_its_switch_is_reproduced():

@@ -41,8 +41,8 @@ def _read(path):
 def test_synthetic_maps_give_figures_summaries_and_coverage_for_model_and_exact(workdir, tmp_path,
                                                                                 capsys):
     out = str(tmp_path / "inference")
-    summary = infer.main(["--model", workdir, "--synthetic", "4", "--grid", GRID, "--figures", "2",
-                          "--refine", "--out", out])
+    summary = infer.run(["--model", workdir, "--synthetic", "4", "--grid", GRID, "--figures", "2",
+                         "--refine", "--out", out])
     files = set(os.listdir(out))
     assert {f"map_{i:04d}.json" for i in range(4)} <= files
     assert {"map_0000.png", "map_0001.png", "coverage.json", "coverage.png", "posteriors.npz",
@@ -102,7 +102,7 @@ def test_the_held_out_calibration_of_the_workdir_is_printed_with_warnings(workdi
     _report(model / "evaluation", 0.66, True, sha)
     arguments = ["--model", str(model), "--map", path, "--grid", "5", "--figures", "0",
                  "--out", str(tmp_path / "out")]
-    infer.main(arguments)
+    assert infer.main(arguments) == 0
     captured = capsys.readouterr()
     report_path = model / "evaluation" / "report.json"
     assert (f"calibration on held-out data (50 maps, {report_path}): 68% HPD coverage 0.66 [0.50, "
@@ -122,8 +122,8 @@ def test_the_held_out_calibration_of_the_workdir_is_printed_with_warnings(workdi
 def test_a_map_file_without_truth_gives_summaries_and_no_coverage(workdir, tmp_path):
     path = str(tmp_path / "maps.npy")
     np.save(path, synthetic_maps(4, 1, size=16, seed=9).maps)
-    summary = infer.main(["--model", workdir, "--map", path, "--grid", GRID, "--figures", "1",
-                          "--no-zoom", "--out", str(tmp_path / "out")])
+    summary = infer.run(["--model", workdir, "--map", path, "--grid", GRID, "--figures", "1",
+                         "--no-zoom", "--out", str(tmp_path / "out")])
     assert summary["n_maps"] == 4 and "coverage" not in summary
     assert summary["grid_shape"] == [10, 10] and summary["zoom"] is None
     record = _read(str(tmp_path / "out" / "map_0003.json"))
@@ -150,4 +150,4 @@ def test_map_files_are_read_with_their_parameters_and_checked(workdir, tmp_path)
     np.save(tmp_path / "small.npy", maps[:, :8, :8])
     with pytest.raises(ValueError,
                        match=r"maps must have shape \(N, 16, 16\) for this model, got \(3, 8, 8\)"):
-        infer.main(["--model", workdir, "--map", str(tmp_path / "small.npy")])
+        infer.run(["--model", workdir, "--map", str(tmp_path / "small.npy")])

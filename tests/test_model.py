@@ -25,7 +25,8 @@ def micro():
 
 
 def test_parameter_count_of_paper_configuration_matches_reference():
-    params = jglow.init(jax.random.PRNGKey(0), jglow.paper_config(), jnp.zeros((1, 64, 64, 1)), jnp.zeros((1, 2)))
+    params = jglow.init(jax.random.PRNGKey(0), jglow.paper_config(), jnp.zeros((1, 64, 64, 1)),
+                        jnp.zeros((1, 2)))
     mask = jglow.trainable_mask(params)
     count = sum(leaf.size for leaf, trainable in zip(jax.tree_util.tree_leaves(params),
                                                      jax.tree_util.tree_leaves(mask)) if trainable)
@@ -50,21 +51,25 @@ def test_forward_and_inverse_log_dets_sum_to_zero(model):
 def test_model_log_det_equals_slogdet_of_encode_jacobian(micro):
     params, x, z = micro
     x1, z1 = x[:1], z[:1]
-    jacobian = jax.jacfwd(lambda flat: jglow.encode(params, flat.reshape(x1.shape), z1)[0])(x1.ravel())
+    jacobian = jax.jacfwd(lambda flat: jglow.encode(params, flat.reshape(x1.shape), z1)[0])(
+        x1.ravel())
     _, log_abs_det = jnp.linalg.slogdet(jacobian)
     _, log_det = flow_forward(params, x1, condition(params, z1))
     np.testing.assert_allclose(log_det[0], log_abs_det, rtol=1e-4, atol=1e-3)
 
 
 def test_standard_prior_log_prob_is_gaussian_of_latents_plus_slogdet():
-    params, x, z = trained_model(tiny_config(image_shape=(4, 4, 1), hidden=4, prior="standard"), n=8)
+    params, x, z = trained_model(tiny_config(image_shape=(4, 4, 1), hidden=4, prior="standard"),
+                                 n=8)
     x1, z1 = x[:2], z[:2]
     latents = jglow.encode(params, x1, z1)
     gaussian = -0.5 * jnp.sum(latents**2 + jnp.log(2 * jnp.pi), axis=1)
     slogdets = jnp.stack([
-        jnp.linalg.slogdet(jax.jacfwd(lambda f: jglow.encode(params, f.reshape(1, 4, 4, 1), z1[i:i + 1])[0])(
+        jnp.linalg.slogdet(jax.jacfwd(
+            lambda f: jglow.encode(params, f.reshape(1, 4, 4, 1), z1[i:i + 1])[0])(
             x1[i].ravel()))[1] for i in range(2)])
-    np.testing.assert_allclose(jglow.log_prob(params, x1, z1), gaussian + slogdets, rtol=1e-5, atol=1e-3)
+    np.testing.assert_allclose(jglow.log_prob(params, x1, z1), gaussian + slogdets, rtol=1e-5,
+                               atol=1e-3)
 
 
 def _normalisation_model():
@@ -94,7 +99,8 @@ def test_log_prob_is_a_normalised_density_and_samples_match_importance_weights()
         weighted = (weights[:, None] * moment).sum(0) / weights.sum()
         from_samples = np.asarray(samples, np.float64) ** (1 if moment is draws else 2)
         spread = from_samples.std(0) / np.sqrt(n)
-        np.testing.assert_array_less(np.abs(from_samples.mean(0) - weighted), 5 * spread + 5 * error)
+        np.testing.assert_array_less(np.abs(from_samples.mean(0) - weighted),
+                                     5 * spread + 5 * error)
 
 
 def test_results_are_the_same_with_and_without_jit(micro):
@@ -149,12 +155,13 @@ def test_samples_at_unit_temperature_are_finite_and_re_encode(model):
     params, _, z = model
     samples = jglow.sample(params, jax.random.PRNGKey(1), z)
     assert bool(jnp.all(jnp.isfinite(samples)))
-    np.testing.assert_allclose(jglow.decode(params, jglow.encode(params, samples, z), z), samples, atol=1e-4)
+    np.testing.assert_allclose(jglow.decode(params, jglow.encode(params, samples, z), z), samples,
+                               atol=1e-4)
 
 
 def test_learned_prior_and_actnorm_configurations_run():
-    params, x, z = trained_model(tiny_config(image_shape=(4, 4, 1), hidden=4, prior="learned", actnorm=True),
-                                 n=8, steps=2)
+    params, x, z = trained_model(tiny_config(image_shape=(4, 4, 1), hidden=4, prior="learned",
+                                             actnorm=True), n=8, steps=2)
     assert "actnorm" in params.levels[0]
     np.testing.assert_allclose(jglow.decode(params, jglow.encode(params, x, z), z), x, atol=1e-5)
 
@@ -163,7 +170,8 @@ def test_remat_gives_the_same_gradients(micro):
     params, x, z = micro
     remat = params.replace(config=dataclasses.replace(params.config, remat_steps=True))
     loss = lambda p: jnp.mean(jglow.log_prob(p, x, z))
-    for a, b in zip(jax.tree_util.tree_leaves(jax.grad(loss)(params)), jax.tree_util.tree_leaves(jax.grad(loss)(remat))):
+    for a, b in zip(jax.tree_util.tree_leaves(jax.grad(loss)(params)),
+                    jax.tree_util.tree_leaves(jax.grad(loss)(remat))):
         np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5)
 
 
@@ -182,7 +190,8 @@ def test_bad_shapes_raise_value_errors_naming_received_and_expected(model):
     params, x, z = model
     with pytest.raises(ValueError, match=r"x must have shape \(N, 16, 16, 1\).*got \(16, 16, 1\)"):
         jglow.log_prob(params, x[0], z)
-    with pytest.raises(ValueError, match=r"x must have shape \(N, 16, 16, 1\).*got \(16, 8, 16, 1\)"):
+    with pytest.raises(ValueError,
+                       match=r"x must have shape \(N, 16, 16, 1\).*got \(16, 8, 16, 1\)"):
         jglow.log_prob(params, x[:, :8], z)
     with pytest.raises(ValueError, match=r"z must have shape \(N, 2\).*got \(16, 3\)"):
         jglow.log_prob(params, x, jnp.ones((16, 3)))

@@ -24,11 +24,13 @@ def kernel_is_built():
 
 
 def _coupling_inputs(n, height, width, channels, hidden, seed=0):
-    """A coupling with every weight drawn N(0, 0.3²) (none at its zero init), maps and conditions."""
+    """A coupling with every weight drawn N(0, 0.3²) (none at its zero init), maps and
+    conditions."""
     coupling = ConditionalCoupling(channels, hidden, cond_dim=2)
     rng = np.random.default_rng(seed)
-    params = jax.tree_util.tree_map(lambda a: jnp.asarray(rng.normal(0.0, 0.3, a.shape), jnp.float32),
-                                    coupling.init(jax.random.PRNGKey(seed)))
+    params = jax.tree_util.tree_map(
+        lambda a: jnp.asarray(rng.normal(0.0, 0.3, a.shape), jnp.float32),
+        coupling.init(jax.random.PRNGKey(seed)))
     x = jnp.asarray(rng.normal(size=(n, height, width, channels)), jnp.float32)
     z = jnp.asarray(rng.uniform(-1.0, 1.0, (n, 2)), jnp.float32)
     return coupling, params, x, coupling.condition(params, z, height, width)
@@ -99,7 +101,8 @@ def test_derivatives_and_vmap_are_those_of_the_xla_coupling():
 
     gradients = objective(coupling.forward)(params, x, cond)
     gradients_xla = objective(coupling.forward_in_xla)(params, x, cond)
-    for got, want in zip(jax.tree_util.tree_leaves(gradients), jax.tree_util.tree_leaves(gradients_xla)):
+    for got, want in zip(jax.tree_util.tree_leaves(gradients),
+                         jax.tree_util.tree_leaves(gradients_xla)):
         np.testing.assert_allclose(got, want, rtol=1e-6, atol=1e-6)
 
     batched = jax.vmap(coupling.forward, in_axes=(None, 0, 0))(params, x[:, None], cond[:, None])
@@ -132,7 +135,8 @@ def test_model_log_prob_is_the_same_with_and_without_the_kernel(monkeypatch):
     z = jnp.asarray(rng.uniform(-1.0, 1.0, (3, 2)), jnp.float32)
     params = jglow.init(jax.random.PRNGKey(0), config, x, z)
     params = jax.tree_util.tree_map(  # off the zero init, constants of the 1×1 convs kept
-        lambda a, trainable: a + 0.05 * rng.normal(size=a.shape).astype(np.float32) if trainable else a,
+        lambda a, trainable: (a + 0.05 * rng.normal(size=a.shape).astype(np.float32)
+                              if trainable else a),
         params, jglow.trainable_mask(params))
 
     def log_prob(params, x, z):
@@ -147,5 +151,6 @@ def test_model_log_prob_is_the_same_with_and_without_the_kernel(monkeypatch):
 def test_a_failed_build_warns_and_leaves_the_xla_coupling(monkeypatch, tmp_path):
     monkeypatch.setenv("CXX", str(tmp_path / "no-such-compiler"))
     monkeypatch.setenv(native_coupling.CACHE_VARIABLE, str(tmp_path / "cache"))
-    with pytest.warns(RuntimeWarning, match="fused coupling kernel is not available .*no-such-compiler"):
+    with pytest.warns(RuntimeWarning,
+                      match="fused coupling kernel is not available .*no-such-compiler"):
         assert native_coupling._built_library() is None

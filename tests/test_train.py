@@ -20,12 +20,15 @@ import numpy as np
 import pytest
 
 import jglow
+from helpers import wait_until
 from jglow.data import synthetic_maps
-from jglow.train import checkpoints, parallel
+from jglow.train import checkpoints, figures, parallel
 from jglow.train.config import TrainConfig, UsageError, build_parser, config_from_args
 from jglow.train.data import prepare
-from jglow.train.main import RunResult, TrainingStopped, compiled_functions, initial_state, main, run
+from jglow.train.main import (RunInterrupted, RunResult, TrainingStopped, compiled_functions,
+                              initial_state, main, run)
 from jglow.train.state import end_epoch, init_state, learning_rate, loss_fn, record_validation
+from jglow.train.stopping import NoSignals, StopRequested, StopSignals
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 FLAGS = ["--map-size", "16", "--levels", "2", "--steps", "2", "--hidden", "8", "--n-sims", "20",
@@ -81,6 +84,18 @@ def test_training_lowers_the_loss_and_writes_its_files(reference):
     assert not set(split["train"]) & (set(split["val"]) | set(split["test"]))
 
 
+def test_validation_records_the_health_of_the_inverse(reference):
+    workdir, _ = reference
+    val = [json.loads(line) for line in (workdir / "metrics.jsonl").read_text().splitlines()
+           if json.loads(line)["kind"] == "val"]
+    shown = min(figures.GRID_SIMS, len(np.unique(tiny_data().val.sim)))
+    for record in val:
+        assert set(record["inverse"]) == {"maps", "round_trip_max_abs", "nonfinite_samples"}
+        assert record["inverse"]["maps"] == shown
+        assert 0.0 <= record["inverse"]["round_trip_max_abs"] < 1e-5
+        assert record["inverse"]["nonfinite_samples"] == 0
+
+
 def test_loaded_model_matches_the_trainer(reference):
     workdir, result = reference
     loaded = jglow.load(workdir)
@@ -127,13 +142,159 @@ def test_sigkilled_run_resumes_to_the_same_state(reference, tmp_path):
     subprocess.run(command, cwd=REPO, env=env, check=True, capture_output=True)
     resumed, meta = saved_state(tiny(), tmp_path / "w")
     assert meta["step"] == TOTAL_STEPS and meta["epoch"] == 3 and meta["index"] == 0
-    expected = parallel.host_value(uninterrupted.state)
-    for (path, a), b in zip(jax.tree_util.tree_leaves_with_path(expected),
-                            jax.tree_util.tree_leaves(resumed)):
-        np.testing.assert_array_equal(a, b, err_msg=jax.tree_util.keystr(path))
+    _same_state(parallel.host_value(uninterrupted.state), resumed)
     lines = (tmp_path / "w" / "metrics.jsonl").read_text().splitlines()
     records = [(r["step"], r["kind"]) for r in map(json.loads, lines)]
     assert records == sorted(records, key=lambda r: r[0]) and len(set(records)) == len(records)
+
+
+def _same_state(expected, resumed) -> None:
+    for (path, a), b in zip(jax.tree_util.tree_leaves_with_path(expected),
+                            jax.tree_util.tree_leaves(resumed)):
+        np.testing.assert_array_equal(a, b, err_msg=jax.tree_util.keystr(path))
+
+
+def _logged_step(workdir: pathlib.Path, step: int) -> bool:
+    path = workdir / "metrics.jsonl"
+    return path.is_file() and f'"step": {step},' in path.read_text()
+
+
+def _signalled_run(command, env, log, signum, wait_s, ready, what):
+    """Start `command` (stderr to the file `log`), send it `signum` once `ready()` (waiting up to
+    `wait_s` s for `what`); returns (exit status, seconds from the signal to the exit, stderr)."""
+    with open(log, "w") as stderr:
+        process = subprocess.Popen(command, cwd=REPO, env=env, stdout=subprocess.DEVNULL,
+                                   stderr=stderr)
+    wait_until(ready, [process], wait_s, what, [log])
+    sent = time.monotonic()
+    process.send_signal(signum)
+    status = process.wait(timeout=60)
+    return status, time.monotonic() - sent, log.read_text()
+
+
+def test_sigterm_checkpoints_the_current_step_and_the_resumed_run_ends_the_same(
+        reference, tmp_path):
+    _, uninterrupted = reference
+    workdir, log = tmp_path / "w", tmp_path / "stderr.txt"
+    command = [sys.executable, "-m", "train.main", *FLAGS, "--workdir", str(workdir),
+               "--figure-every", "0"]
+    env = dict(os.environ, JAX_COMPILATION_CACHE_DIR=str(tmp_path / "compiled"))
+    status, seconds, error = _signalled_run(command, env, log, signal.SIGTERM, 300,
+                                            lambda: _logged_step(workdir, 10),
+                                            "the record of step 10")
+    assert status == 143, error[-3000:]
+    assert seconds < 10
+    stopped_at = int(error.split("interrupted: SIGTERM at step ")[1].split(";")[0])
+    assert 10 <= stopped_at < TOTAL_STEPS
+    assert f"checkpoint written to {workdir / 'checkpoints' / str(stopped_at)}" in error
+    steps = [int(p.name) for p in (workdir / "checkpoints").iterdir() if p.name.isdigit()]
+    assert max(steps) == stopped_at  # the latest checkpoint is the stop's
+    state, meta = saved_state(tiny(), workdir)
+    assert int(state.step) == stopped_at
+    if stopped_at != 15:  # at 15, the stop may have cut the epoch's validation short
+        assert meta["validated"] is True
+    records = [json.loads(line) for line in (workdir / "metrics.jsonl").read_text().splitlines()]
+    assert {key: records[-1][key] for key in ("kind", "event", "signal", "step")} == {
+        "kind": "event", "event": "interrupted", "signal": "SIGTERM", "step": stopped_at}
+    done = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True,
+                          timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert f"resuming from step {stopped_at}" in done.stderr
+    resumed, meta = saved_state(tiny(), workdir)
+    assert meta["step"] == TOTAL_STEPS
+    _same_state(parallel.host_value(uninterrupted.state), resumed)
+
+
+def test_ctrl_c_before_the_first_step_exits_at_once_with_nothing_written(tmp_path):
+    workdir, log = tmp_path / "w", tmp_path / "stderr.txt"
+    command = [sys.executable, "-m", "train.main", *FLAGS, "--workdir", str(workdir)]
+    # printed just before the state is initialised and the first step compiled
+    status, seconds, error = _signalled_run(
+        command, None, log, signal.SIGINT, 120,
+        lambda: "240 training / 30 validation maps" in log.read_text(), "the start-up line")
+    assert status == 130, error[-3000:]
+    assert seconds < 5
+    assert ("interrupted by SIGINT before the run did any work: nothing to checkpoint, the "
+            "workdir is as it was") in error
+    assert not list((workdir / "checkpoints").iterdir())
+    assert not (workdir / "metrics.jsonl").exists()
+
+
+class StopAtCheck(NoSignals):
+    """A stop request (SIGTERM) at the `n`-th check of the training loop."""
+
+    def __init__(self, n: int):
+        self.left, self.begun = n, False
+
+    def begin_work(self):
+        self.begun = True
+
+    def check(self):
+        self.left -= 1
+        if self.left == 0:
+            raise StopRequested(signal.SIGTERM)
+
+
+def test_a_validation_cut_short_is_done_first_when_the_run_resumes(reference, tmp_path):
+    _, uninterrupted = reference
+    config = tiny("--figure-every", "0")
+    stop = StopAtCheck(17)  # a check before each of steps 1-15, then before each val batch
+    with pytest.raises(RunInterrupted, match="SIGTERM at step 15; checkpoint written to") as cut:
+        run(config, tmp_path, progress=False, stop=stop)
+    assert cut.value.step == 15 and cut.value.exit_status == 143 and stop.begun
+    state, meta = saved_state(config, tmp_path)
+    assert int(state.step) == 15 and meta["validated"] is False
+    assert float(state.best_val_nll) == np.inf  # the validation did not happen
+    records = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert [r["kind"] for r in records if r["step"] == 15] == ["train", "event"]
+    result = run(config, tmp_path, progress=False)
+    _same_state(parallel.host_value(uninterrupted.state), parallel.host_value(result.state))
+    records = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert [r["epoch"] for r in records if r["kind"] == "val"] == [1, 2, 3]
+    _, meta = saved_state(config, tmp_path, 15)
+    assert meta["validated"] is True  # replaced by the resumed run's checkpoint
+
+
+def test_stop_signals_note_the_first_signal_and_put_the_handlers_back():
+    before = signal.getsignal(signal.SIGTERM), signal.getsignal(signal.SIGINT)
+    with StopSignals() as stop:
+        stop.begin_work()
+        stop.check()  # no signal yet
+        os.kill(os.getpid(), signal.SIGINT)
+        with pytest.raises(StopRequested, match="SIGINT") as raised:
+            stop.check()
+        assert raised.value.signum == signal.SIGINT and stop.received == signal.SIGINT
+    assert (signal.getsignal(signal.SIGTERM), signal.getsignal(signal.SIGINT)) == before
+
+
+SECOND_SIGNAL = r"""
+import time
+from jglow.train.stopping import StopSignals
+with StopSignals() as stop:
+    stop.begin_work()
+    print("working", flush=True)
+    time.sleep(60)  # like a main thread held in a compilation or a collective
+"""
+
+
+def test_a_second_signal_ends_a_busy_process_at_once(tmp_path):
+    out, log = tmp_path / "stdout.txt", tmp_path / "stderr.txt"
+    with open(out, "w") as stdout, open(log, "w") as stderr:
+        process = subprocess.Popen([sys.executable, "-c", SECOND_SIGNAL], cwd=REPO,
+                                   stdout=stdout, stderr=stderr)
+    try:
+        wait_until(lambda: out.read_text() == "working\n", [process], 60, "working", [log])
+        process.send_signal(signal.SIGTERM)
+        with pytest.raises(subprocess.TimeoutExpired):
+            process.wait(timeout=1)  # noted, for the loop's next check
+        sent = time.monotonic()
+        process.send_signal(signal.SIGINT)
+        assert process.wait(timeout=10) == 130
+        assert time.monotonic() - sent < 2
+    finally:
+        process.kill()
+    assert log.read_text() == ("interrupted by SIGINT a second time: ending at once, without a "
+                               "checkpoint (those written before are intact)\n")
 
 
 def test_rerun_of_a_finished_run_does_nothing(reference, capsys):
@@ -210,6 +371,7 @@ def test_indices_of_an_epoch_cover_the_training_set_once():
 
 FOUR_DEVICES = r"""
 import json, sys, tempfile
+sys.path.insert(0, "tests")  # test_train imports helpers, as under pytest
 import jax
 import numpy as np
 from tests.test_train import one_step, tiny
@@ -339,7 +501,8 @@ def test_learning_rate_plateau_and_early_stopping_counters():
         scales.append(float(state.plateau.scale))
         assert not bool(improved)
     assert int(state.bad_epochs) == 30 and float(state.best_val_nll) == 5.0
-    assert scales[8] == 1.0 and scales[9] == pytest.approx(0.8) and scales[19] == pytest.approx(0.64)
+    assert scales[8] == 1.0 and scales[9] == pytest.approx(0.8)
+    assert scales[19] == pytest.approx(0.64)
     state, improved = end_epoch(config, state, jnp.float32(jnp.nan))
     assert not bool(improved) and int(state.bad_epochs) == 31  # NaN never improves
     state, improved = record_validation(state, jnp.float32(4.0))
@@ -441,4 +604,5 @@ def test_fresh_data_is_refused_for_real_files(tmp_path):
 
 def test_run_record_round_trips_to_the_same_config():
     config = tiny("--lr", "3e-4", "--levels", "1")
-    assert TrainConfig.from_identity(json.loads(json.dumps(config.identity()))) == config.canonical()
+    restored = TrainConfig.from_identity(json.loads(json.dumps(config.identity())))
+    assert restored == config.canonical()

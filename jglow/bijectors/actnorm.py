@@ -12,7 +12,8 @@ CONSTANT_CHANNEL_STD = 1e-6
 @dataclasses.dataclass(frozen=True)
 class ActNorm:
     def init(self, key=None, x=None):
-        """Parameters that map the batch `x (N, H, W, C)` to zero mean, unit variance per channel."""
+        """Parameters that map the batch `x (N, H, W, C)` to zero mean, unit variance per
+        channel."""
         if x is None:
             raise ValueError("ActNorm.init needs the example batch x (N, H, W, C) for its "
                              "data-dependent initialisation, got x=None")

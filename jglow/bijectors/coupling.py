@@ -2,7 +2,8 @@
 
 `xa, xb` = first and second half of the channels; a CNN of `concat(xa, conditions)` gives a raw
 scale `r` and a shift `t`; `scale = (1 − clamp)·sigmoid(r + 2) + clamp`, `yb = (xb + t)·scale`,
-`ya = xa`, `log_det = Σ log scale`.
+`ya = xa`, `log_det = Σ log scale`. The inverse, `xb = yb / scale − t`, multiplies `yb` by at
+most `1/clamp` (`jglow.model`, conditioning of the inverse).
 """
 
 import dataclasses
@@ -39,9 +40,11 @@ class ConditionalCoupling:
         return numpy_init(self.net, numpy_generator(key), xa, field, method=CouplingNet.init_all)
 
     def condition(self, params, z, height, width):
-        """`z (N, D)` → the conditions' part of the first conv, `(N, h, w, hidden)` with h, w ≤ 3."""
+        """`z (N, D)` → the conditions' part of the first conv, `(N, h, w, hidden)` with
+        h, w ≤ 3."""
         field = constant_field.depth_zero_field(z)
-        return self.net.apply({"params": params}, field, (height, width), method=CouplingNet.condition_term)
+        return self.net.apply({"params": params}, field, (height, width),
+                              method=CouplingNet.condition_term)
 
     def _scale_shift(self, params, xa, cond):
         _, h, w, _ = xa.shape

@@ -54,7 +54,8 @@ class AffineInjector:
         return numpy_init(self.net, numpy_generator(key), jnp.zeros((1, 1, 1, self.cond_dim)))
 
     def condition(self, params, z, height, width) -> InjectorTerms:
-        """`z (N, D)` → the injector's `InjectorTerms` on the small field of an `height × width` map."""
+        """`z (N, D)` → the injector's `InjectorTerms` on the small field of an
+        `height × width` map."""
         field = constant_field.depth_zero_field(z)
         out = self.net.apply({"params": params}, field, (height, width))
         log_scale = straight_through_clip(out[..., self.channels:], *LOG_SCALE_RANGE)

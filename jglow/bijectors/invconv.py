@@ -46,7 +46,8 @@ class InvConv1x1:
         return {name: jnp.asarray(value, jnp.float32) for name, value in params.items()}
 
     def _factors(self, params):
-        """`(P, L, U)` with unit-diagonal `L`; masks keep only the strict triangles of the params."""
+        """`(P, L, U)` with unit-diagonal `L`; masks keep only the strict triangles of the
+        params."""
         perm, sign = (lax.stop_gradient(params[k]) for k in CONSTANT_KEYS)
         eye = jnp.eye(self.channels, dtype=params["lower"].dtype)
         lower = jnp.tril(params["lower"], -1) + eye

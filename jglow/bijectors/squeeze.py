@@ -7,7 +7,8 @@ import jax.numpy as jnp
 
 @dataclasses.dataclass(frozen=True)
 class Squeeze:
-    """Output channel `4c + 2dy + dx` holds input channel `c` at offset `(dy, dx)` of each 2×2 block."""
+    """Output channel `4c + 2dy + dx` holds input channel `c` at offset `(dy, dx)` of each 2×2
+    block."""
 
     def init(self, key=None, x=None):
         return {}

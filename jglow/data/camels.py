@@ -21,6 +21,7 @@ import numpy as np
 
 from jglow.data.mapset import MapSet
 from jglow.data.validation import check_positive_chunk, check_positive_maps, map_chunks
+from jglow.errors import InputError
 
 HIGLOW_PARAMS_NAME = "CAMELs_params.csv"
 _MULTIFIELD_NAME = re.compile(r"^Maps_[^_]+_(?P<suite>.+)_(?P<set>[^_]+)_z=[^/]*\.npy$")
@@ -49,7 +50,7 @@ def _parse_csv_row(row, path, line):
             raise ValueError
         return [float(value) for value in row[1:7]]
     except ValueError:
-        raise ValueError(f"{path}, line {line}: expected a name, six numbers (Ωm, σ8, A_SN1, "
+        raise InputError(f"{path}, line {line}: expected a name, six numbers (Ωm, σ8, A_SN1, "
                          f"A_AGN1, A_SN2, A_AGN2) and a seed, got {row}") from None
 
 
@@ -65,7 +66,11 @@ def _read_params(path):
     """`(S, P)` float64 physical parameters of each simulation from either layout."""
     if path.suffix.lower() == ".csv":
         return _read_csv_params(path)
-    return np.loadtxt(path, ndmin=2, dtype=np.float64)
+    try:
+        return np.loadtxt(path, ndmin=2, dtype=np.float64)
+    except ValueError as error:
+        raise InputError(f"{path}: expected a whitespace table of numbers, one row per "
+                         f"simulation (Ωm, σ8, A_SN1, A_AGN1, A_SN2, A_AGN2); {error}") from None
 
 
 def _downsampled_copy(maps, factor, source):
@@ -98,30 +103,32 @@ def load_camels(maps_path, params_path=None, maps_per_sim=15, downsample=1, colu
       `(N, len(columns))` float32, sim `(N,)`.
     Raises:
       FileNotFoundError: a missing maps or parameter file.
-      ValueError: maps not `(N, H, W)`; `N ≠ maps_per_sim × rows`; a pixel ≤ 0 or not finite
-        (naming the first bad map); a factor that is not a positive integer dividing the side;
-        a column outside the parameter table.
+      InputError (a `ValueError`): maps not `(N, H, W)`; `N ≠ maps_per_sim × rows`; a pixel
+        ≤ 0 or not finite (naming the first bad map); a malformed parameter file; a column
+        outside the parameter table.
+      ValueError: a factor that is not a positive integer dividing the side.
     """
     maps_path = pathlib.Path(maps_path)
     if not maps_path.is_file():
         raise FileNotFoundError(f"maps file not found: {maps_path}")
-    params_path = _params_path_beside(maps_path) if params_path is None else pathlib.Path(params_path)
+    params_path = (_params_path_beside(maps_path) if params_path is None
+                   else pathlib.Path(params_path))
     if not params_path.is_file():
         raise FileNotFoundError(f"parameter file not found: {params_path}")
 
     maps = np.load(maps_path, mmap_mode="r")
     if maps.ndim != 3:
-        raise ValueError(f"{maps_path}: expected maps of shape (N, H, W), got {maps.shape}")
+        raise InputError(f"{maps_path}: expected maps of shape (N, H, W), got {maps.shape}")
     table = _read_params(params_path)
     if maps.shape[0] != maps_per_sim * table.shape[0]:
-        raise ValueError(
+        raise InputError(
             f"{maps_path} holds {maps.shape[0]} maps but {params_path} has {table.shape[0]} "
             f"simulations; expected maps_per_sim × simulations = {maps_per_sim} × "
             f"{table.shape[0]} = {maps_per_sim * table.shape[0]} maps")
     columns = tuple(int(c) for c in columns)
     bad_columns = [c for c in columns if not 0 <= c < table.shape[1]]
     if bad_columns:
-        raise ValueError(f"columns {bad_columns} out of range: {params_path} has "
+        raise InputError(f"columns {bad_columns} out of range: {params_path} has "
                          f"{table.shape[1]} physical parameters, expected indices in "
                          f"0..{table.shape[1] - 1}")
     _, h, w = maps.shape

@@ -46,7 +46,8 @@ def _check_rank(array, rank, expected, name):
 
 
 def _check_concrete_maps(maps):
-    """Raise `ValueError` naming the first bad map of a concrete `(N, H, W)` stack; no-op when traced."""
+    """Raise `ValueError` naming the first bad map of a concrete `(N, H, W)` stack; no-op when
+    traced."""
     _check_rank(maps, 3, "(N, H, W)", "maps")
     if not isinstance(maps, jax.core.Tracer):
         check_positive_maps(np.asarray(maps), "maps")

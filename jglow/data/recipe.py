@@ -15,6 +15,7 @@ import numpy as np
 from jglow.data.camels import load_camels
 from jglow.data.mapset import MapSet
 from jglow.data.synthetic import synthetic_maps
+from jglow.errors import InputError
 
 SYNTHETIC_SEED = 0
 SPLIT_SEED = 0
@@ -25,8 +26,9 @@ BOX_SIZE = 25.0
 """Side of the CAMELS box in Mpc/h (also that of the synthetic maps)."""
 
 
-class DataSpecError(ValueError):
-    """A data spec that names no usable maps file, or maps that cannot take the asked size."""
+class DataSpecError(InputError):
+    """A data spec that names no usable maps file, or maps that cannot take the asked size (an
+    `InputError`, so the commands report it as one `error: ...` line)."""
 
 
 def find_maps_file(path) -> pathlib.Path:

@@ -215,7 +215,8 @@ def synthetic_maps(n_sims, maps_per_sim=15, size=64, box_size=25.0, seed=0):
 
     Args:
       n_sims: number of simulations, i.e. of Latin-hypercube points over `PRIOR_BOX`.
-      maps_per_sim: maps per simulation, stored consecutively (map `i` is of sim `i // maps_per_sim`).
+      maps_per_sim: maps per simulation, stored consecutively (map `i` is of sim
+        `i // maps_per_sim`).
       size: pixels per side.
       box_size: side of the box in Mpc/h.
       seed: a non-negative int or a sequence of them (`numpy.random.SeedSequence` entropy); the

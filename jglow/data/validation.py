@@ -2,6 +2,8 @@
 
 import numpy as np
 
+from jglow.errors import InputError
+
 CHUNK_BYTES = 1 << 26
 """About 64 MiB of maps are read at a time, so a 3.75 GB memory map is never loaded whole."""
 
@@ -16,7 +18,7 @@ def map_chunks(maps):
 
 
 def check_positive_chunk(chunk, offset=0, source="maps"):
-    """Raise `ValueError` if a map of `chunk` `(n, H, W)` has a pixel that is not finite and > 0.
+    """Raise `InputError` if a map of `chunk` `(n, H, W)` has a pixel that is not finite and > 0.
 
     The message names `source`, the index of the first bad map (`offset` + its index in the
     chunk), the bad value and its pixel.
@@ -27,13 +29,13 @@ def check_positive_chunk(chunk, offset=0, source="maps"):
     if bad_maps.any():
         i = int(np.argmax(bad_maps))
         row, col = np.unravel_index(int(np.argmin(ok[i])), ok.shape[1:])
-        raise ValueError(
+        raise InputError(
             f"{source}: map {offset + i} has pixel value {float(chunk[i, row, col])} at "
             f"(row {row}, column {col}); expected strictly positive, finite values")
 
 
 def check_positive_maps(maps, source="maps"):
-    """Raise `ValueError` naming the first map of `maps` `(N, H, W)` with a non-positive or
+    """Raise `InputError` naming the first map of `maps` `(N, H, W)` with a non-positive or
     non-finite pixel; scans in chunks of about `CHUNK_BYTES`."""
     for part in map_chunks(maps):
         check_positive_chunk(maps[part], part.start, source)

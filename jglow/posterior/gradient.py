@@ -79,7 +79,8 @@ def log_posterior(log_likelihood, single_map, box=PRIOR_BOX, log_prior=None) -> 
     low, high = np.asarray(box, np.float32).T
     return LogPosterior(as_pytree(log_likelihood),
                         None if log_prior is None else as_pytree(log_prior),
-                        jnp.asarray(checks.raw_maps(single_map)), jnp.asarray(low), jnp.asarray(high))
+                        jnp.asarray(checks.raw_maps(single_map)), jnp.asarray(low),
+                        jnp.asarray(high))
 
 
 def _starting_points(target: LogPosterior, init) -> jax.Array:

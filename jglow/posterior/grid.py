@@ -15,13 +15,15 @@ An ensemble (`jglow.ensemble.EnsembleParams`) gives the mixture of its members' 
 space; the members are evaluated one after another.
 """
 
+import functools
+
 import jax
 import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
+from jglow import backend, ensemble, model, native_coupling
 from jglow import checks as model_checks
-from jglow import ensemble, model, native_coupling
 from jglow.batching import padded_rows
 from jglow.compilation import jit
 from jglow.posterior import checks
@@ -34,23 +36,76 @@ the couplings (`jglow.native_coupling`). Measured on the 2-core CPU (paper confi
 pad 900 to 1,024. Peak RSS 587 MB at 60, 725 MB at 300."""
 
 XLA_EVALUATIONS_PER_CHUNK = 64
-"""The same without the kernel (XLA's operations: no compiler, or not the CPU). On the CPU, 60 and
+"""The same on the CPU without the kernel (XLA's operations: no compiler). On the CPU, 60 and
 225 took 1.59 and 1.72 s, and at 225 XLA warns that a buffer is larger than its 30 MiB scratch
 blocks (`jglow.compilation`)."""
 
+ACCELERATOR_MAX_EVALUATIONS = 8192
+"""On an accelerator, the most pairs per chunk whatever the memory: a 10,000-point grid of one
+map runs as 2 chunks of 5,000. (A chunk's largest activations, 8192 · 32·32·16 values for the
+paper model's hidden layers at its finest level, are 2²⁷ elements, far from XLA's 2³¹.)"""
 
-def evaluations_per_chunk() -> int:
-    """The most (map, condition) pairs per chunk by default: more when the fused coupling kernel is
-    available (on the CPU)."""
-    return FUSED_EVALUATIONS_PER_CHUNK if native_coupling.available() else XLA_EVALUATIONS_PER_CHUNK
+ACCELERATOR_FALLBACK_EVALUATIONS = 1024
+"""On an accelerator that reports no memory limit, or without the model at hand: a guess, not a
+measurement."""
+
+MEASURED_CONDITIONS = 16
+"""Conditions (of one map) of the program whose memory gives the memory per pair."""
 
 
-def default_chunk_size(n_conditions: int, n_maps: int, per_chunk: int | None = None) -> int:
+def evaluations_per_chunk(params=None) -> int:
+    """The most (map, condition) pairs per chunk by default.
+
+    On the CPU (`jglow.backend.on_cpu`), `FUSED_EVALUATIONS_PER_CHUNK` where the fused coupling
+    kernel is available, else `XLA_EVALUATIONS_PER_CHUNK`. On an accelerator, as many pairs as
+    fill `jglow.backend.MEMORY_FRACTION` of the device's free memory at `params`' measured
+    memory per pair (`bytes_per_evaluation`), at most `ACCELERATOR_MAX_EVALUATIONS`;
+    `ACCELERATOR_FALLBACK_EVALUATIONS` without `params` or a memory limit. Decided once per
+    process for each parameter structure and memory limit, at the free memory of that moment, so
+    that successive calls keep one chunk size (one compiled program).
+    """
+    if backend.on_cpu():
+        return (FUSED_EVALUATIONS_PER_CHUNK if native_coupling.available()
+                else XLA_EVALUATIONS_PER_CHUNK)
+    if params is None:
+        return ACCELERATOR_FALLBACK_EVALUATIONS
+    return _accelerator_evaluations(backend.signature(params), backend.memory_limit_bytes())
+
+
+@functools.lru_cache(maxsize=8)
+def _accelerator_evaluations(params_signature, memory_limit) -> int:
+    del memory_limit  # a key only: another device's limit is another decision
+    per_evaluation = _bytes_per_evaluation(params_signature)
+    return backend.items_per_call(per_evaluation, ACCELERATOR_MAX_EVALUATIONS,
+                                  ACCELERATOR_FALLBACK_EVALUATIONS)
+
+
+def bytes_per_evaluation(params) -> float:
+    """Device memory per (map, condition) pair of `grid_log_prob` for `params` (a `GlowParams`
+    or `EnsembleParams`), in bytes: the scratch and output of the program for one map at
+    `MEASURED_CONDITIONS` conditions in one chunk, divided by that count. The constant part
+    (the parameters' derived terms) is counted in, so this errs high. Compiled once per process
+    for each parameter structure; nothing is run."""
+    return _bytes_per_evaluation(backend.signature(params))
+
+
+@functools.lru_cache(maxsize=8)
+def _bytes_per_evaluation(params_signature) -> float:
+    params = backend.from_signature(params_signature)
+    config = params.config
+    x = jax.ShapeDtypeStruct((1, *config.image_shape), jnp.float32)
+    zs = jax.ShapeDtypeStruct((MEASURED_CONDITIONS, config.cond_dim), jnp.float32)
+    used = backend.program_bytes(grid_log_prob_unchecked, params, x, zs, MEASURED_CONDITIONS)
+    return used / MEASURED_CONDITIONS
+
+
+def default_chunk_size(n_conditions: int, n_maps: int, per_chunk: int | None = None,
+                       params=None) -> int:
     """`chunk_size` used when none is given: at most `per_chunk` (default
-    `evaluations_per_chunk()`) pairs per chunk, balanced over the chunks so that the padding is
-    less than one condition per chunk (with 256, a 30×30 grid of one map runs as 4 chunks of 225,
-    not 4 of 256 with 124 padded conditions)."""
-    largest = max(1, min(n_conditions, (per_chunk or evaluations_per_chunk()) // n_maps))
+    `evaluations_per_chunk(params)`) pairs per chunk, balanced over the chunks so that the
+    padding is less than one condition per chunk (with 256, a 30×30 grid of one map runs as 4
+    chunks of 225, not 4 of 256 with 124 padded conditions)."""
+    largest = max(1, min(n_conditions, (per_chunk or evaluations_per_chunk(params)) // n_maps))
     n_chunks = -(-n_conditions // largest)
     return -(-n_conditions // n_chunks)
 
@@ -111,8 +166,9 @@ def grid_log_prob(params, x, zs, chunk_size=None):
       zs: conditions `(M, D)`, `M >= 1`, preprocessed (the prior box is `[-1, 1]^D`; points
         outside it are evaluated too).
       chunk_size: conditions per chunk (a positive int), bounding memory to one chunk of
-        `chunk_size · B` evaluations; default `default_chunk_size(M, B)`. Results do not
-        depend on it beyond float32 rounding.
+        `chunk_size · B` evaluations; default `default_chunk_size(M, B, params=params)`
+        (on an accelerator, sized to the device's free memory). Results do not depend on it
+        beyond float32 rounding.
     Returns:
       `(M,)` float32 for one map, `(B, M)` for a batch.
     Raises:
@@ -124,6 +180,7 @@ def grid_log_prob(params, x, zs, chunk_size=None):
     single = np.ndim(x) == 3
     x = model_checks.model_maps(x, config.image_shape)
     zs = model_checks.conditions(zs, config.cond_dim)
-    size = checks.chunk_size(chunk_size) or default_chunk_size(zs.shape[0], x.shape[0])
+    size = (checks.chunk_size(chunk_size)
+            or default_chunk_size(zs.shape[0], x.shape[0], params=params))
     out = grid_log_prob_unchecked(params, jnp.asarray(x), jnp.asarray(zs), min(size, zs.shape[0]))
     return out[0] if single else out

@@ -44,7 +44,7 @@ class ModelLikelihood:
         x = self.preprocessing.forward_maps(maps)
         model_checks.check_maps(self.params.config, x, "preprocessed maps")
         zs = self.preprocessing.forward_params(thetas)
-        chunk = self.chunk_size or default_chunk_size(zs.shape[0], x.shape[0])
+        chunk = self.chunk_size or default_chunk_size(zs.shape[0], x.shape[0], params=self.params)
         log_prob = grid_log_prob_unchecked(self.params, x, zs, min(chunk, zs.shape[0]))
         return log_prob + self.preprocessing.forward_log_det(maps)[:, None]
 

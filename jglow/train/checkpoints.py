@@ -27,12 +27,12 @@ RUN_ENTRIES = (RUN_FILE, CHECKPOINT_DIR, "metrics.jsonl", "figures", "split.json
 """Everything a run writes in its workdir (and all that `--overwrite` deletes)."""
 
 
-def _flatten(record: dict, prefix: str = "") -> dict:
+def flat_fields(record: dict, prefix: str = "") -> dict:
     """`{"a": {"b": 1}}` → `{"a.b": 1}`."""
     flat = {}
     for key, value in record.items():
         if isinstance(value, dict):
-            flat.update(_flatten(value, f"{prefix}{key}."))
+            flat.update(flat_fields(value, f"{prefix}{key}."))
         else:
             flat[f"{prefix}{key}"] = value
     return flat
@@ -40,7 +40,7 @@ def _flatten(record: dict, prefix: str = "") -> dict:
 
 def _differences(stored: dict, wanted: dict) -> list[str]:
     """`"field: stored → wanted"` for each field that differs."""
-    old, new = _flatten(stored), _flatten(wanted)
+    old, new = flat_fields(stored), flat_fields(wanted)
     return [f"{key}: {old.get(key, '(absent)')!r} → {new.get(key, '(absent)')!r}"
             for key in sorted(set(old) | set(new)) if old.get(key) != new.get(key)]
 
@@ -95,9 +95,12 @@ def open_manager(workdir, keep: int) -> ocp.CheckpointManager:
 
 
 def save(manager: ocp.CheckpointManager, state, meta: dict, val_nll: float | None = None):
-    """Checkpoint `state` (a pytree of arrays) with the JSON `meta` at step `meta["step"]`;
-    `val_nll` (finite or None) ranks it for keeping the best. Asynchronous."""
+    """Checkpoint `state` (a pytree of arrays) with the JSON `meta` at step `meta["step"]`,
+    replacing a checkpoint already there (one saved before that step's validation); `val_nll`
+    (finite or None) ranks it for keeping the best. Asynchronous."""
     metrics = {"val_nll": val_nll} if val_nll is not None else None
+    if meta["step"] in manager.all_steps():
+        manager.delete(meta["step"])
     manager.save(meta["step"], metrics=metrics,
                  args=ocp.args.Composite(state=ocp.args.StandardSave(state),
                                          meta=ocp.args.JsonSave(meta)))

@@ -12,10 +12,7 @@ import dataclasses
 from typing import Optional
 
 from jglow.config import GlowConfig, paper_config
-
-
-class UsageError(ValueError):
-    """A refused request (bad flag, absent device, mismatched workdir): shown without traceback."""
+from jglow.train.cli import ArgumentParser, UsageError
 
 
 @dataclasses.dataclass(frozen=True)
@@ -82,19 +79,22 @@ class TrainConfig:
         for name in positive:
             value = getattr(self, name)
             if not isinstance(value, int) or value < 1:
-                raise UsageError(f"{name} must be a positive integer, got {value!r}")
+                raise UsageError(f"{_named(name)} must be a positive integer, got {value!r}")
         for name in ("checkpoint_every", "figure_every"):
             if getattr(self, name) < 0:
-                raise UsageError(f"{name} must be >= 0, got {getattr(self, name)!r}")
+                raise UsageError(f"{_named(name)} must be >= 0, got {getattr(self, name)!r}")
         if self.max_steps is not None and self.max_steps < 1:
-            raise UsageError(f"max_steps must be a positive integer, got {self.max_steps!r}")
+            raise UsageError(f"--max-steps must be a positive integer, got {self.max_steps!r}")
+        if not self.learning_rate > 0.0:
+            raise UsageError(f"{_named('learning_rate')} must be > 0, got "
+                             f"{self.learning_rate!r}")
         if not 0.0 < self.min_learning_rate <= self.learning_rate:
-            raise UsageError(f"need 0 < min_learning_rate <= learning_rate, got "
+            raise UsageError(f"need 0 < min_learning_rate <= {_named('learning_rate')}, got "
                              f"{self.min_learning_rate} and {self.learning_rate}")
         if self.schedule not in SCHEDULES:
             raise UsageError(f"schedule {self.schedule!r}: expected one of {SCHEDULES}")
         if not 0.0 <= self.ema_decay < 1.0:
-            raise UsageError(f"ema_decay must be in [0, 1), got {self.ema_decay!r}")
+            raise UsageError(f"--ema-decay must be in [0, 1), got {self.ema_decay!r}")
         if self.fresh_data and self.data != "synthetic":
             raise UsageError(f"fresh data needs the synthetic generator; --data is "
                              f"{self.data!r}")
@@ -144,7 +144,7 @@ def quick_preset() -> TrainConfig:
 
 def standard_preset() -> TrainConfig:
     """The preset to infer with on 32×32 maps: fresh synthetic simulations every epoch, a cosine
-    learning-rate decay and an averaged model, sized to train in about half an hour on 2 CPU
+    learning-rate decay and an averaged model, 4,488 steps that train in about 14 minutes on 2 CPU
     cores (README, Results, gives what it reaches against the exact likelihood)."""
     model = GlowConfig(image_shape=(32, 32, 1), levels=4, steps=6, hidden=32, cond_hidden=16)
     return TrainConfig(model=model, n_sims=1000, fresh_data=True, learning_rate=1e-3,
@@ -173,8 +173,7 @@ PRESETS = {"quick": quick_preset, "standard": standard_preset, "paper": paper_pr
 
 def build_parser() -> argparse.ArgumentParser:
     """The command line of `python -m train.main`."""
-    parser = argparse.ArgumentParser(
-        prog="python -m train.main",
+    parser = ArgumentParser(
         description="Train a conditional Glow on HI maps, data-parallel over every local device. "
                     "Re-running the same command in the same --workdir resumes the run.",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter)
@@ -182,8 +181,8 @@ def build_parser() -> argparse.ArgumentParser:
     add("--preset", choices=sorted(PRESETS), default="quick",
         help="quick: a demonstration (32×32 maps, 3 levels × 4 steps, a minute on a CPU); "
              "standard: 32×32 maps trained to be inferred with (fresh data, cosine decay, "
-             "averaged parameters; half an hour on a CPU); paper: the HIGlow model (64×64, "
-             "6 levels × 20 steps, hidden 16) and optimiser")
+             "averaged parameters; about 14 minutes on a 2-core CPU); paper: the HIGlow "
+             "model (64×64, 6 levels × 20 steps, hidden 16) and optimiser")
     add("--data", default="synthetic",
         help="'synthetic' (the embedded CAMELS-like generator, with an exact likelihood) or a "
              "path: a CAMELS .npy of maps (parameter file beside it) or a folder holding one")
@@ -230,6 +229,10 @@ def build_parser() -> argparse.ArgumentParser:
         "(jax.distributed.initialize)")
     add("--num-processes", type=int, help="multi-host: number of processes")
     add("--process-id", type=int, help="multi-host: index of this process")
+    add("--peer-timeout", type=int, default=60,
+        help="multi-host: seconds without a heartbeat after which a process counts as dead and "
+             "the others end (exit 134); also the longest a process ending on an error waits "
+             "at exit for the others")
     return parser
 
 
@@ -240,6 +243,16 @@ _OVERRIDES = {"n_sims": "n_sims", "lr": "learning_rate", "batch_size": "batch_si
               "preprocessing": "preprocessing", "seed": "seed", "fresh_data": "fresh_data",
               "schedule": "schedule", "ema_decay": "ema_decay"}
 _MODEL_OVERRIDES = ("levels", "steps", "hidden")
+
+
+def _named(field: str) -> str:
+    """A `TrainConfig` field as a message names it: its flag (`--epochs`), with the field's
+    name where they differ (`learning_rate (--lr)`), or the name alone if no flag sets it."""
+    flags = [flag for flag, name in _OVERRIDES.items() if name == field]
+    if not flags:
+        return field
+    flag = "--" + flags[0].replace("_", "-")
+    return flag if flags[0] == field else f"{field} ({flag})"
 
 
 def config_from_args(args: argparse.Namespace) -> TrainConfig:

@@ -9,6 +9,8 @@ resumed run sees exactly the batches an uninterrupted one would.
 from __future__ import annotations
 
 import functools
+import hashlib
+import json
 from typing import NamedTuple, Optional
 
 import numpy as np
@@ -90,6 +92,17 @@ def prepare(config: TrainConfig) -> Data:
     val = _model_space(val_set, preprocessing, keep_maps=True)
     exact = exact_nll(val, preprocessing) if config.data == "synthetic" else None
     return Data(train, val, preprocessing, exact, np.unique(test_set.sim))
+
+
+def fingerprint(data: Data) -> str:
+    """A SHA-256 digest (64 hex digits) of `data`: the fitted preprocessing, the maps,
+    conditions and simulations of the training and validation splits, and the test
+    simulations. Equal data, bit for bit, give equal digests."""
+    digest = hashlib.sha256(json.dumps(data.preprocessing.to_dict()).encode())
+    for array in (data.train.x, data.train.z, data.train.sim, data.val.x, data.val.z,
+                  data.val.sim, data.test_sims):
+        digest.update(np.ascontiguousarray(array))
+    return digest.hexdigest()
 
 
 def epoch_training_set(config: TrainConfig, data: Data, epoch: int) -> Split:

@@ -7,8 +7,9 @@ done, `WORKDIR/ensemble.json` lists them (`jglow.save_ensemble`), so `jglow.load
 the mixture of the K best models (`jglow.ensemble`), and `WORKDIR/run.json` is a copy of
 member 0's, naming the data and split for `python -m train.evaluate --model WORKDIR`.
 
-Exit status as `train.main`: 0 done, 2 refused (`error: ...` on stderr), 1 stopped; a member
-that does not finish stops the command there, and the ensemble is not written.
+Exit status as `train.main`: 0 done, 2 refused (`error: ...` on stderr), 1 stopped, 128 + the
+signal's number after SIGTERM or Ctrl-C (the member checkpointed); a member that does not
+finish stops the command there, and the ensemble is not written.
 """
 
 from __future__ import annotations
@@ -19,8 +20,9 @@ import sys
 
 import jglow
 from jglow.files import replace_atomically
-from jglow.train import main as train_main
 from jglow.saving import CONFIG_FILE
+from jglow.train import cli
+from jglow.train import main as train_main
 from jglow.train.checkpoints import CHECKPOINT_DIR, RUN_FILE
 from jglow.train.config import UsageError, build_parser, config_from_args
 
@@ -40,7 +42,6 @@ def _members_flag() -> argparse.ArgumentParser:
 def build_ensemble_parser() -> argparse.ArgumentParser:
     """`train.main`'s command line with `--members`."""
     parser = build_parser()
-    parser.prog = "python -m train.ensemble"
     parser.description = ("Train an ensemble of K models: the train.main runs of these flags "
                           "with seeds --seed + k in WORKDIR/member_k, one after another, then "
                           "WORKDIR/ensemble.json (jglow.load(WORKDIR)). Re-running the same "
@@ -51,29 +52,25 @@ def build_ensemble_parser() -> argparse.ArgumentParser:
     return parser
 
 
+@cli.command
 def main(argv=None) -> int:
-    """The command line: returns the exit status (0 done, 2 refused, 1 stopped)."""
+    """The command line: returns the exit status (module docstring)."""
     argv = sys.argv[1:] if argv is None else list(argv)
     args = build_ensemble_parser().parse_args(argv)
     flags = _members_flag().parse_known_args(argv)[1]
-    try:
-        if args.members < 1:
-            raise UsageError(f"--members {args.members}: expected an ensemble of at least 1 "
-                             f"member")
-        if args.coordinator is not None:
-            raise UsageError("--coordinator: the members are trained one after another in one "
-                             "process, which cannot join a multi-host run more than once; train "
-                             "each member with python -m train.main and list them with "
-                             "jglow.save_ensemble")
-        base_seed = config_from_args(args).seed
-        workdir = pathlib.Path(args.workdir)
-        if (workdir / CONFIG_FILE).exists() or (workdir / CHECKPOINT_DIR).exists():
-            raise UsageError(f"--workdir {workdir} holds a train.main run; an ensemble's "
-                             f"workdir holds only its members (member_k), ensemble.json and "
-                             f"run.json: choose another --workdir")
-    except UsageError as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 2
+    if args.members < 1:
+        raise UsageError(f"--members {args.members}: expected an ensemble of at least 1 member")
+    if args.coordinator is not None:
+        raise UsageError("--coordinator: the members are trained one after another in one "
+                         "process, which cannot join a multi-host run more than once; train "
+                         "each member with python -m train.main and list them with "
+                         "jglow.save_ensemble")
+    base_seed = config_from_args(args).seed
+    workdir = pathlib.Path(args.workdir)
+    if (workdir / CONFIG_FILE).exists() or (workdir / CHECKPOINT_DIR).exists():
+        raise UsageError(f"--workdir {workdir} holds a train.main run; an ensemble's "
+                         f"workdir holds only its members (member_k), ensemble.json and "
+                         f"run.json: choose another --workdir")
     members = [member_dir(workdir, k) for k in range(args.members)]
     for k, directory in enumerate(members):
         print(f"member {k} of {args.members}: seed {base_seed + k}, workdir {directory}",
@@ -82,11 +79,7 @@ def main(argv=None) -> int:
                                           "--seed", str(base_seed + k)])
         if status != 0:
             return status
-    try:
-        jglow.save_ensemble(workdir, members)
-    except (FileNotFoundError, ValueError) as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 2
+    jglow.save_ensemble(workdir, members)
     run_record = (members[0] / RUN_FILE).read_bytes()
     replace_atomically(workdir / RUN_FILE, lambda handle: handle.write(run_record))
     print(f"ensemble of {args.members} members (seeds {base_seed}..{base_seed + args.members - 1})"

@@ -36,7 +36,10 @@ Sections of the report:
   (with a `warning:` on stderr when outside the band), and `python -m train.infer` prints them
   from `report.json` beside its posteriors;
 * health: non-finite samples (counted, left out of the statistics, never hidden) and the
-  reconstruction error `decode(encode(x)) − x`.
+  reconstruction error `decode(encode(x)) − x` of every held-out map, both in the headline,
+  with a `warning:` on stderr when the round trip exceeds
+  `jglow.train.metrics.ROUND_TRIP_TOLERANCE` or a sample is not finite (an ill-conditioned
+  inverse, see `jglow.model`).
 
 On synthetic data the generator's own samples go through the same marginal and conditional
 statistics: the score of a perfect emulator with this many maps.
@@ -44,8 +47,8 @@ statistics: the score of a perfect emulator with this many maps.
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
+import functools
 import json
 import pathlib
 import sys
@@ -53,19 +56,21 @@ import time
 from typing import NamedTuple, Optional
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 from tqdm import tqdm
 
 import jglow
-from jglow import posterior
+from jglow import backend, posterior
 from jglow.batching import padded_rows
-from jglow.data import (BOX_SIZE, SPLIT_FRACTIONS, SPLIT_SEED, DataSpecError, load_mapset,
-                        sample_synthetic, split_by_simulation)
+from jglow.compilation import jit
+from jglow.data import (BOX_SIZE, SPLIT_FRACTIONS, SPLIT_SEED, load_mapset, sample_synthetic,
+                        split_by_simulation)
 from jglow.posterior.density import parameter_names
 from jglow.saving import TrainedModel
 from jglow.stats import (ks_distance, mean_std_power, pixel_pdfs, power_spectrum, r2_score,
                          score_summary, spectrum_ratios, within_standard_errors)
-from jglow.train import figures, infer, report
+from jglow.train import cli, figures, infer, report
 from jglow.train.checkpoints import RUN_FILE
 from jglow.train.config import TrainConfig, UsageError
 from jglow.train.data import Split, exact_nll
@@ -74,6 +79,12 @@ from jglow.train.state import bits_per_dim
 R2_THRESHOLD = 0.9
 N_STANDARD_ERRORS = 2.0
 WORST_SIMS = 5
+CPU_BATCH = 256
+"""Maps per model call by default on the CPU."""
+ACCELERATOR_MAX_BATCH = 4096
+"""On an accelerator, the most maps per model call by default whatever the memory."""
+MEASURED_MAPS = 8
+"""Maps of the sampling program whose memory gives the memory per map."""
 
 
 class Options(NamedTuple):
@@ -86,7 +97,7 @@ class Options(NamedTuple):
     samples_per_sim: int = 50
     grid: int = 30
     figures: int = 3
-    batch: int = 256
+    batch: Optional[int] = None
     seed: int = 0
     progress: bool = True
     zoom: bool = True
@@ -129,6 +140,35 @@ def spread_maps(sim, n) -> np.ndarray:
 
 
 # --- model calls in fixed-shape batches ------------------------------------------------------
+
+def default_batch(params) -> int:
+    """Maps per model call when `--batch` is not given: `CPU_BATCH` on the CPU
+    (`jglow.backend.on_cpu`); on an accelerator as many as fill `jglow.backend.MEMORY_FRACTION`
+    of the device's free memory at the sampling program's memory per map
+    (`sampling_bytes_per_map`), at most `ACCELERATOR_MAX_BATCH` (`CPU_BATCH` where the device
+    reports no memory limit)."""
+    if backend.on_cpu():
+        return CPU_BATCH
+    return backend.items_per_call(sampling_bytes_per_map(params), ACCELERATOR_MAX_BATCH,
+                                  CPU_BATCH)
+
+
+def sampling_bytes_per_map(params) -> float:
+    """Device memory per map of `jglow.sample` for `params` (a `GlowParams` or
+    `EnsembleParams`), in bytes: the scratch and output of the program for `MEASURED_MAPS`
+    maps, divided by that count (the constant part counted in, so this errs high). Sampling
+    stands for the model calls of the evaluation (log_prob, encode, decode: the same flow at
+    the same batch). Compiled once per process for each parameter structure; nothing is run."""
+    return _sampling_bytes_per_map(backend.signature(params))
+
+
+@functools.lru_cache(maxsize=4)
+def _sampling_bytes_per_map(params_signature) -> float:
+    params = backend.from_signature(params_signature)
+    z = jax.ShapeDtypeStruct((MEASURED_MAPS, params.config.cond_dim), jnp.float32)
+    program = jit(lambda p, key, conditions: jglow.sample(p, key, conditions))
+    return backend.program_bytes(program, params, jax.random.key(0), z) / MEASURED_MAPS
+
 
 def in_batches(fn, arrays, batch, desc, progress) -> np.ndarray:
     """`fn(batch_index, *rows)` over consecutive batches of `arrays` (each `(N, ...)`).
@@ -396,13 +436,9 @@ def health_section(samples: dict, reconstruction: dict) -> dict:
 
 def check_options(options: Options) -> None:
     """Refuse option values the statistics cannot use, naming the value and what is expected."""
-    minimum = {"n_maps": 2, "samples_per_sim": 2, "grid": 3 if options.zoom else 2,
-               "figures": 0, "batch": 1}
-    for name, low in minimum.items():
-        value = getattr(options, name)
-        if not isinstance(value, int) or value < low:
-            raise UsageError(f"--{name.replace('_', '-')} {value!r}: expected an integer "
-                             f">= {low}")
+    cli.check_at_least(options._asdict(), {"n_maps": 2, "samples_per_sim": 2,
+                                           "grid": 3 if options.zoom else 2, "figures": 0,
+                                           "batch": 1})
 
 
 def load_inputs(options: Options) -> tuple:
@@ -437,6 +473,8 @@ def evaluate(options: Options) -> dict:
     check_options(options)
     started = time.perf_counter()
     model, config, held = load_inputs(options)
+    command = command_line(options)
+    options = options._replace(batch=options.batch or default_batch(model.params))
     out = pathlib.Path(options.out or pathlib.Path(options.model) / "evaluation")
     out.mkdir(parents=True, exist_ok=True)
     ctx = Context(model, held, options, out, config.data == "synthetic")
@@ -460,7 +498,7 @@ def evaluate(options: Options) -> dict:
                       exact_samples, sample_spectra(exact_samples))
     result = {
         "model": str(options.model), "data": config.data, "out": str(out),
-        "command": command_line(options),
+        "command": command,
         "params_sha256": report.params_sha256(options.model),
         "held_out": {"split": "test", "n_sims": len(samples["sims"]), "n_maps": len(held.x)},
         "options": options._asdict(), **sections, "exact_generator": exact,
@@ -475,8 +513,7 @@ def evaluate(options: Options) -> dict:
 
 
 def parse_args(argv=None) -> Options:
-    parser = argparse.ArgumentParser(prog="python -m train.evaluate",
-                                     description=__doc__.split("\n\n")[0])
+    parser = cli.ArgumentParser(description=__doc__.split("\n\n")[0])
     add = parser.add_argument
     add("--model", required=True, help="workdir of a training run (python -m train.main)")
     add("--data", help="'synthetic' or a CAMELS maps path; its test split is evaluated "
@@ -493,7 +530,8 @@ def parse_args(argv=None) -> Options:
     add("--figures", type=int, default=defaults["figures"],
         help="posterior figures drawn (default: %(default)s)")
     add("--batch", type=int, default=defaults["batch"],
-        help="maps per model call (default: %(default)s)")
+        help=f"maps per model call (default: {CPU_BATCH} on the CPU; on an accelerator, from "
+        f"its free memory)")
     add("--seed", type=int, default=defaults["seed"],
         help="seed of the samples (default: %(default)s)")
     add("--no-progress", action="store_true", help="no progress bars")
@@ -505,14 +543,10 @@ def parse_args(argv=None) -> Options:
                    not args.no_zoom)
 
 
+@cli.command
 def main(argv=None) -> int:
-    """The command line: 0 when the report is written, 2 when the request is refused."""
-    options = parse_args(argv)
-    try:
-        result = evaluate(options)
-    except (UsageError, DataSpecError, FileNotFoundError) as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 2
+    """The command line: 0 when the report is written, 2 when the request is refused (`cli`)."""
+    result = evaluate(parse_args(argv))
     print(report.headline(result))
     for warning in report.warnings_of(result):
         print(warning, file=sys.stderr)

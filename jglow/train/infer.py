@@ -26,30 +26,53 @@ reached on held-out data is printed from `WORKDIR/evaluation/report.json` (`pyth
 train.evaluate`), with a `warning:` line on stderr when it is outside the binomial band.
 """
 
-import argparse
 import json
 import os
 import sys
 
 import numpy as np
 
-from jglow import posterior
-from jglow.data import BOX_SIZE, synthetic_maps
+from jglow import backend, posterior
+from jglow.data import BOX_SIZE, PRIOR_BOX, synthetic_maps
+from jglow.errors import InputError
+from jglow.posterior.grid import evaluations_per_chunk
 from jglow.saving import load
-from jglow.train import report
+from jglow.train import cli, report
+
+CPU_MAP_BATCH = 16
+"""Maps per likelihood call by default on the CPU."""
+
+
+def default_map_batch(params, points: int) -> int:
+    """Maps per likelihood call by default for grids of `points` conditions per map (with a
+    zoom, its coarse pass): `CPU_MAP_BATCH` on the CPU (`jglow.backend.on_cpu`); on an
+    accelerator as many maps as one chunk of `evaluations_per_chunk(params)` pairs holds at
+    `points` conditions each (sized to the device's free memory), at least `CPU_MAP_BATCH`."""
+    if backend.on_cpu():
+        return CPU_MAP_BATCH
+    return max(CPU_MAP_BATCH, evaluations_per_chunk(params) // points)
+
+
+def points_per_map(grid, zoom: bool, box) -> int:
+    """Conditions of one map in the calls that batch maps: the points of `grid` over `box`
+    (`jglow.posterior.grid_axes`), or with `zoom` those of its coarse pass (`zoom_counts`)."""
+    if zoom:
+        return int(np.prod(posterior.zoom_counts(grid, len(box))[0]))
+    return int(np.prod([axis.size for axis in posterior.grid_axes(grid, box)]))
 
 
 def load_maps(path, params_path=None):
-    """`(maps (N, H, W) float32, truths (N, 2) or None)` from `.npy` files."""
+    """`(maps (N, H, W) float32, truths (N, 2) or None)` from `.npy` files; `InputError` for
+    arrays of other shapes."""
     maps = np.load(path, mmap_mode="r")
     maps = np.asarray(maps[None] if maps.ndim == 2 else maps, np.float32)
     if maps.ndim != 3:
-        raise ValueError(f"{path}: expected maps of shape (H, W) or (N, H, W), got {maps.shape}")
+        raise InputError(f"{path}: expected maps of shape (H, W) or (N, H, W), got {maps.shape}")
     if params_path is None:
         return maps, None
     truths = np.atleast_2d(np.load(params_path)).astype(np.float64)
     if truths.shape not in ((1, 2), (maps.shape[0], 2)):
-        raise ValueError(f"{params_path}: expected parameters of shape (2,) or "
+        raise InputError(f"{params_path}: expected parameters of shape (2,) or "
                          f"({maps.shape[0]}, 2), got {truths.shape}")
     return maps, np.broadcast_to(truths, (maps.shape[0], 2))
 
@@ -126,7 +149,7 @@ def _grid_summary(grid, zoom, sets) -> dict:
 
 
 def infer(model, maps, out_dir, truths=None, exact=None, grid=30, chunk_size=None,
-          map_batch=16, figures=10, refine=False, progress=True, zoom=True) -> dict:
+          map_batch=None, figures=10, refine=False, progress=True, zoom=True) -> dict:
     """Grid posteriors of `maps` under `model`, written to `out_dir` (module docstring).
 
     Args:
@@ -138,20 +161,24 @@ def infer(model, maps, out_dir, truths=None, exact=None, grid=30, chunk_size=Non
       exact: a log-likelihood of the same maps to compare against (e.g. `SyntheticLikelihood`).
       grid: `jglow.posterior.grid_axes` argument over the model's prior box; with `zoom`, the
         budget of evaluations per map (`jglow.posterior.zoom_counts`).
-      chunk_size: conditions per chunk in `grid_log_prob`; map_batch: maps per call.
+      chunk_size: conditions per chunk in `grid_log_prob` (None: its default for the backend);
+        map_batch: maps per call (None: `default_map_batch`).
       figures: posterior figures drawn for the first this many maps.
       refine: also refine each grid MAP by gradient (`gradient_map`).
       progress: show progress bars of the likelihood calls.
       zoom: a coarse pass, then a fine grid per map where its posterior is (default).
     Returns:
       The summary dict (also written to `summary.json`).
+    Raises:
+      InputError: maps not of shape `(N, H, W)` with the model's `H, W`.
     """
     height, width, _ = model.params.config.image_shape
     if np.ndim(maps) != 3 or np.shape(maps)[1:] != (height, width):
-        raise ValueError(f"maps must have shape (N, {height}, {width}) for this model, got "
+        raise InputError(f"maps must have shape (N, {height}, {width}) for this model, got "
                          f"{np.shape(maps)}")
     os.makedirs(out_dir, exist_ok=True)
     box = model.preprocessing.box
+    map_batch = map_batch or default_map_batch(model.params, points_per_map(grid, zoom, box))
     likelihood = posterior.ModelLikelihood(model.params, model.preprocessing, chunk_size)
     options = dict(grid=grid, box=box, map_batch=map_batch, truths=truths, zoom=zoom)
     posteriors = posterior.grid_posteriors(likelihood, maps, **options,
@@ -177,8 +204,7 @@ def infer(model, maps, out_dir, truths=None, exact=None, grid=30, chunk_size=Non
 
 
 def parse_args(argv=None):
-    parser = argparse.ArgumentParser(prog="python -m train.infer",
-                                     description=__doc__.split("\n\n")[0])
+    parser = cli.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--model", required=True,
                         help="workdir of a trained model (jglow.saving.load)")
     source = parser.add_mutually_exclusive_group(required=True)
@@ -197,24 +223,39 @@ def parse_args(argv=None):
     parser.add_argument("--box-size", type=float, default=BOX_SIZE,
                         help="map side in Mpc/h (synthetic)")
     parser.add_argument("--chunk-size", type=int, help="conditions per chunk (default: automatic)")
-    parser.add_argument("--map-batch", type=int, default=16, help="maps per likelihood call")
+    parser.add_argument("--map-batch", type=int,
+                        help=f"maps per likelihood call (default: {CPU_MAP_BATCH} on the CPU; on "
+                        f"an accelerator, from its free memory)")
     parser.add_argument("--figures", type=int, default=10,
                         help="posterior figures for the first N maps")
     parser.add_argument("--refine", action="store_true", help="refine each MAP by gradient")
     args = parser.parse_args(argv)
     if args.params and args.synthetic:
         parser.error("--params goes with --map; synthetic maps come with their parameters")
+    if len(args.grid) not in (1, len(PRIOR_BOX)):
+        parser.error(f"--grid {' '.join(map(str, args.grid))}: expected one count, or one per "
+                     f"parameter ({len(PRIOR_BOX)})")
+    cli.check_at_least({**vars(args), "grid": min(args.grid)},
+                       {"synthetic": 1, "grid": 2 if args.no_zoom else 3, "chunk_size": 1,
+                        "map_batch": 1, "figures": 0})
     return args
 
 
-def main(argv=None) -> dict:
+def run(argv=None) -> dict:
+    """The command without its exit status: parse `argv`, write the posteriors (module
+    docstring), print the summary and the held-out calibration.
+
+    Returns the summary dict (also in `summary.json`); raises the errors that `main` reports
+    (`cli.INPUT_ERRORS`).
+    """
     args = parse_args(argv)
     model = load(args.model)
     exact = None
     if args.synthetic:
         height, width, _ = model.params.config.image_shape
         if height != width:
-            raise ValueError(f"synthetic maps are square; the model's maps are {height}x{width}")
+            raise cli.UsageError(f"--synthetic {args.synthetic}: synthetic maps are square; the "
+                                 f"model's maps are {height}x{width}")
         held_out = synthetic_maps(args.synthetic, 1, size=height, box_size=args.box_size,
                                   seed=args.seed)
         maps, truths = np.asarray(held_out.maps), np.asarray(held_out.params, np.float64)
@@ -236,5 +277,12 @@ def main(argv=None) -> dict:
     return summary
 
 
+@cli.command
+def main(argv=None) -> int:
+    """The command line: 0 when the posteriors are written, 2 when refused (`cli`)."""
+    run(argv)
+    return 0
+
+
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

@@ -2,10 +2,18 @@
 
 The loop: for each global step, the batch of `(seed, step)` is sharded over the device mesh and
 `train_step` runs on every device. At each epoch end: validation NLL on held-out simulations
-(and, on synthetic data, the exact NLL of the same maps), the plateau schedule and early
-stopping, the best model exported to the workdir (`jglow.load(workdir)`), a checkpoint, and the
-figures. A run ends at `--epochs`, `--max-steps` or early stopping; ending mid-epoch, it
-validates once more. Re-running the same command resumes from the latest checkpoint.
+(and, on synthetic data, the exact NLL of the same maps), the health of the inverse on a few
+validation maps (`_inverse_check`: the round-trip error and non-finite samples, with a warning
+when unsound), the plateau schedule and early stopping, the best model exported to the workdir
+(`jglow.load(workdir)`), a checkpoint, and the figures. A run ends at `--epochs`, `--max-steps`
+or early stopping; ending mid-epoch, it validates once more. Re-running the same command resumes
+from the latest checkpoint.
+
+SIGTERM or Ctrl-C stops the run at the next step or validation batch: it checkpoints the
+current step (a validation it cut short is marked as still due, and a resumed run does it
+first) and exits with 128 + the signal's number (`stopping`). With several processes
+(`--coordinator`), every process checks at start-up that the others run the same flags,
+workdir and data (`multihost`), and all stop at the same step.
 """
 
 from __future__ import annotations
@@ -25,17 +33,33 @@ from tqdm import tqdm
 import jglow
 from jglow.data import DataSpecError
 from jglow.saving import TrainedModel
-from jglow.train import checkpoints, figures, memory, parallel
+from jglow.train import checkpoints, cli, figures, memory, multihost, parallel
 from jglow.train.config import (PRESET_NOTES, TrainConfig, UsageError, build_parser,
                           config_from_args)
-from jglow.train.data import Data, batch_indices, epoch_training_set, prepare, steps_per_epoch
-from jglow.train.metrics import MetricsLog, mean_nll, nll_sum
+from jglow.train.data import (Data, batch_indices, epoch_training_set, fingerprint, prepare,
+                              steps_per_epoch)
+from jglow.train.metrics import MetricsLog, inverse_check, inverse_problems, mean_nll, nll_sum
 from jglow.train.state import (TrainState, bits_per_dim, end_epoch, init_state, loss_fn,
                          record_validation, train_step)
+from jglow.train.stopping import NoSignals, StopRequested, StopSignals, exit_status
 
 
-class TrainingStopped(RuntimeError):
+class TrainingStopped(cli.Stopped):
     """The run was stopped: too many consecutive non-finite steps."""
+
+
+class RunInterrupted(RuntimeError):
+    """The run stopped on a signal after checkpointing its current step.
+
+    Attributes:
+      step: the step checkpointed.
+      exit_status: 128 + the signal's number (`stopping.exit_status`).
+    """
+
+    def __init__(self, request: StopRequested, step: int, checkpoint: pathlib.Path):
+        super().__init__(f"{request.name} at step {step}; checkpoint written to {checkpoint}; "
+                         f"run the same command again to resume")
+        self.step, self.exit_status = step, exit_status(request.signum)
 
 
 class RunResult(NamedTuple):
@@ -66,6 +90,7 @@ class _Run(NamedTuple):
     steps_per_epoch: int
     exact_bits: Optional[float]
     figure_set: figures.FigureSet
+    stop: NoSignals
     clock_origin: float = 0.0
     """`time.perf_counter()` at which the run's training time (`elapsed_s` of the records) was
     0, resumed runs included."""
@@ -77,16 +102,31 @@ def total_steps(config: TrainConfig, per_epoch: int) -> int:
     return total if config.max_steps is None else min(total, config.max_steps)
 
 
-def _meta(ctx: _Run, step: int) -> dict:
-    """The JSON record stored with a checkpoint."""
+def _meta(ctx: _Run, step: int, validated: bool = True) -> dict:
+    """The JSON record stored with a checkpoint; `validated` False: the validation due at
+    `step` has not been done (a stop cut it short)."""
     epoch, index = divmod(step, ctx.steps_per_epoch)
     return {"step": step, "epoch": epoch, "index": index, "config": ctx.config.identity(),
-            "preprocessing": ctx.data.preprocessing.to_dict()}
+            "preprocessing": ctx.data.preprocessing.to_dict(), "validated": validated}
+
+
+def _validation_due(ctx: _Run, step: int, total: int) -> bool:
+    """Whether the run validates after `step` steps: at each epoch end and at its last step."""
+    return step % ctx.steps_per_epoch == 0 or step == total
 
 
 def _say(ctx: _Run, message: str) -> None:
     if ctx.main_process:
         tqdm.write(message, file=sys.stderr)
+
+
+def _inverse_check(ctx: _Run, params) -> dict:
+    """`inverse_check` of `params` (host arrays) on one validation map of each simulation the
+    figures show (up to `figures.GRID_SIMS`, spread over Ωm), samples drawn with a key fixed by
+    the seed."""
+    rows = ctx.figure_set.grid[:, 0]
+    return inverse_check(params, ctx.data.val.x[rows], ctx.data.val.z[rows],
+                         jax.random.key(ctx.config.seed))
 
 
 def _validate(ctx: _Run, state: TrainState, step: int, epoch_end: bool, functions):
@@ -96,7 +136,7 @@ def _validate(ctx: _Run, state: TrainState, step: int, epoch_end: bool, function
     """
     config, dim = ctx.config, ctx.config.model.dim
     val_nll = mean_nll(functions["nll"], ctx.mesh, state.ema_params, ctx.data.val.x,
-                       ctx.data.val.z, config.batch_size)
+                       ctx.data.val.z, config.batch_size, before_batch=ctx.stop.check)
     update = functions["end_epoch"] if epoch_end else functions["record"]
     state, improved = update(state, np.float32(val_nll))
     improved = bool(parallel.host_value(improved))
@@ -116,6 +156,12 @@ def _validate(ctx: _Run, state: TrainState, step: int, epoch_end: bool, function
               "improved": improved, "bad_epochs": int(host.bad_epochs),
               "lr_scale": float(host.plateau.scale), "end_of_epoch": epoch_end,
               "elapsed_s": time.perf_counter() - ctx.clock_origin}
+    problems = []
+    if ctx.main_process:
+        record["inverse"] = _inverse_check(ctx, host.ema_params)
+        problems = inverse_problems(record["inverse"]["round_trip_max_abs"],
+                                    record["inverse"]["nonfinite_samples"],
+                                    record["inverse"]["maps"])
     if ctx.main_process and config.figure_every and (
             not epoch_end or epoch % config.figure_every == 0):
         record["nonfinite_samples"] = figures.write(
@@ -129,6 +175,8 @@ def _validate(ctx: _Run, state: TrainState, step: int, epoch_end: bool, function
            else f", exact {ctx.exact_bits:.4f} (gap {bits - ctx.exact_bits:+.4f})")
     _say(ctx, f"epoch {epoch} step {step}: validation {bits:.4f} "
               f"bits/dim{gap}{' (best)' if improved else ''}")
+    for problem in problems:
+        _say(ctx, f"warning: step {step}: {problem}")
     return state, exported
 
 
@@ -177,11 +225,12 @@ def initial_state(config: TrainConfig, data: Data, mesh) -> TrainState:
     return parallel.replicate(mesh, init_state(config, params, augment_key))
 
 
-def _resume(ctx: _Run, state: TrainState) -> tuple[TrainState, int]:
-    """The latest checkpoint's state and step (or `state` and 0), records after it dropped."""
+def _resume(ctx: _Run, state: TrainState) -> tuple[TrainState, int, bool]:
+    """The latest checkpoint's state and step (or `state` and 0), records after it dropped,
+    and whether the validation due at that step is still to be done."""
     restored = checkpoints.restore(ctx.manager, state)
     if restored is None:
-        return state, 0
+        return state, 0, False
     state, meta = restored
     if meta["preprocessing"] != ctx.data.preprocessing.to_dict():
         raise UsageError(f"the data changed since the checkpoint at step {meta['step']}: its "
@@ -189,9 +238,11 @@ def _resume(ctx: _Run, state: TrainState) -> tuple[TrainState, int]:
                          f"now {ctx.data.preprocessing.to_dict()}; use --overwrite or another "
                          f"--workdir")
     step = int(parallel.host_value(state.step))
+    validation_due = not meta.get("validated", True)
     ctx.log.truncate_after(step)
-    _say(ctx, f"resuming from step {step} (epoch {meta['epoch']}, batch {meta['index']})")
-    return state, step
+    _say(ctx, f"resuming from step {step} (epoch {meta['epoch']}, batch {meta['index']})"
+              f"{', validating it first' if validation_due else ''}")
+    return state, step, validation_due
 
 
 def _write_split(ctx: _Run) -> None:
@@ -203,16 +254,59 @@ def _write_split(ctx: _Run) -> None:
         (ctx.workdir / "split.json").write_text(json.dumps(record))
 
 
+def _stops_early(ctx: _Run, state: TrainState, step: int) -> bool:
+    """Whether the run ends by early stopping after the validation at `step` (epoch ends only)."""
+    patience = ctx.config.early_stop_patience
+    if step % ctx.steps_per_epoch or int(parallel.host_value(state.bad_epochs)) < patience:
+        return False
+    _say(ctx, f"early stopping: no better validation NLL for {patience} epochs")
+    return True
+
+
+def _stop_if_nonfinite(ctx: _Run, bar, window: list, step: int, clock: float) -> None:
+    """Raise `TrainingStopped` when the last `max_nonfinite` steps, up to `step`, were all
+    non-finite (`window`: the metrics of the steps not yet logged)."""
+    streak = int(window[-1]["nonfinite_streak"])
+    if streak == 1:
+        _say(ctx, f"step {step}: non-finite loss or gradient; update skipped")
+    if streak < ctx.config.max_nonfinite:
+        return
+    _log_training(ctx, bar, window, step, time.perf_counter() - clock)
+    ctx.manager.wait_until_finished()
+    ctx.log.write({"kind": "event", "step": step, "epoch": step // ctx.steps_per_epoch,
+                   "event": "stopped", "nonfinite_streak": streak})
+    bar.close()
+    raise TrainingStopped(
+        f"{streak} steps in a row (steps {step - streak + 1}–{step}) had a non-finite loss or "
+        f"gradient (--max-nonfinite {ctx.config.max_nonfinite}); stopping. Those steps never "
+        f"changed the parameters; the last checkpoint (step {ctx.manager.latest_step()}) in "
+        f"{ctx.workdir} is intact. Lower --lr or check the data")
+
+
+def _interrupt(ctx: _Run, request: StopRequested, state: TrainState, step: int,
+               validated: bool, saved: int) -> RunInterrupted:
+    """After a stop request at `step`: the event recorded and `state` checkpointed (unless the
+    checkpoint at `step` exists, `saved == step`), marked as `validated` or not. Returns the
+    exception to raise."""
+    ctx.log.write({"kind": "event", "step": step, "epoch": step // ctx.steps_per_epoch,
+                   "event": "interrupted", "signal": request.name,
+                   "elapsed_s": time.perf_counter() - ctx.clock_origin})
+    if saved != step:
+        checkpoints.save(ctx.manager, state, _meta(ctx, step, validated))
+    ctx.manager.wait_until_finished()
+    return RunInterrupted(request, step, ctx.workdir / checkpoints.CHECKPOINT_DIR / str(step))
+
+
 def _train(ctx: _Run, progress: bool) -> RunResult:
     config = ctx.config
     state = initial_state(config, ctx.data, ctx.mesh)
     total = total_steps(config, ctx.steps_per_epoch)
     functions = compiled_functions(config, ctx.mesh, total)
-    state, step = _resume(ctx, state)
+    state, step, validation_due = _resume(ctx, state)
     elapsed = [r["elapsed_s"] for r in ctx.log.read() if r.get("elapsed_s") is not None]
     ctx = ctx._replace(clock_origin=time.perf_counter() - (elapsed[-1] if elapsed else 0.0))
     _write_split(ctx)
-    if step >= total:
+    if step >= total and not validation_due:
         _say(ctx, f"nothing to do: the run in {ctx.workdir} is at step {step} of {total}")
         return RunResult(state, None, "already complete")
     n_train = len(ctx.data.train.x)
@@ -220,52 +314,47 @@ def _train(ctx: _Run, progress: bool) -> RunResult:
     window, clock, model, reason, saved = [], time.perf_counter(), None, "finished", step
     epoch, train = None, None
     start = step
-    while step < total:
-        if step // ctx.steps_per_epoch != epoch:
-            epoch = step // ctx.steps_per_epoch
-            train = epoch_training_set(config, ctx.data, epoch)
-        rows = batch_indices(config.seed, step, n_train, config.batch_size)
-        x, z = parallel.global_batch(ctx.mesh, train.x[rows], train.z[rows])
-        state, metrics = functions["step"](state, x, z)
-        metrics = parallel.host_value(metrics)
-        if step == start:  # the step has just been compiled
-            memory.release_freed_memory()
-        step += 1
-        window.append(metrics)
-        bar.update(1)
-        streak = int(metrics["nonfinite_streak"])
-        if streak == 1:
-            _say(ctx, f"step {step}: non-finite loss or gradient; update skipped")
-        if streak >= config.max_nonfinite:
-            _log_training(ctx, bar, window, step, time.perf_counter() - clock)
-            ctx.manager.wait_until_finished()
-            ctx.log.write({"kind": "event", "step": step, "epoch": step // ctx.steps_per_epoch,
-                           "event": "stopped", "nonfinite_streak": streak})
-            bar.close()
-            raise TrainingStopped(
-                f"{streak} steps in a row (steps {step - streak + 1}–{step}) had a non-finite "
-                f"loss or gradient (--max-nonfinite {config.max_nonfinite}); stopping. Those "
-                f"steps never changed the parameters; the last checkpoint "
-                f"(step {ctx.manager.latest_step()}) in {ctx.workdir} is intact. Lower --lr or "
-                f"check the data")
-        if step % config.log_every == 0 or step == total:
-            now = time.perf_counter()
-            _log_training(ctx, bar, window, step, now - clock)
-            window, clock = [], now
-        epoch_end = step % ctx.steps_per_epoch == 0
-        if epoch_end or step == total:
-            state, exported = _validate(ctx, state, step, epoch_end, functions)
-            memory.release_freed_memory()
-            model, saved = exported or model, step
-            bad_epochs = int(parallel.host_value(state.bad_epochs))
-            if epoch_end and bad_epochs >= config.early_stop_patience:
-                reason = "early stopping"
-                _say(ctx, f"early stopping: no better validation NLL for "
-                          f"{config.early_stop_patience} epochs")
+    try:
+        while True:
+            if validation_due:
+                ctx.stop.begin_work()
+                state, exported = _validate(ctx, state, step, step % ctx.steps_per_epoch == 0,
+                                            functions)
+                memory.release_freed_memory()
+                model, saved, validation_due = exported or model, step, False
+                if _stops_early(ctx, state, step):
+                    reason = "early stopping"
+                    break
+            if step >= total:
                 break
-        elif config.checkpoint_every and step % config.checkpoint_every == 0:
-            checkpoints.save(ctx.manager, state, _meta(ctx, step))
-            saved = step
+            ctx.stop.check()
+            if step // ctx.steps_per_epoch != epoch:
+                epoch = step // ctx.steps_per_epoch
+                train = epoch_training_set(config, ctx.data, epoch)
+            rows = batch_indices(config.seed, step, n_train, config.batch_size)
+            x, z = parallel.global_batch(ctx.mesh, train.x[rows], train.z[rows])
+            state, metrics = functions["step"](state, x, z)
+            window.append(parallel.host_value(metrics))
+            if step == start:  # the step has just been compiled
+                memory.release_freed_memory()
+                ctx.stop.begin_work()
+            step += 1
+            bar.update(1)
+            _stop_if_nonfinite(ctx, bar, window, step, clock)
+            if step % config.log_every == 0 or step == total:
+                now = time.perf_counter()
+                _log_training(ctx, bar, window, step, now - clock)
+                window, clock = [], now
+            validation_due = _validation_due(ctx, step, total)
+            if (not validation_due and config.checkpoint_every
+                    and step % config.checkpoint_every == 0):
+                checkpoints.save(ctx.manager, state, _meta(ctx, step))
+                saved = step
+    except StopRequested as request:
+        if window:
+            _log_training(ctx, bar, window, step, time.perf_counter() - clock)
+        bar.close()
+        raise _interrupt(ctx, request, state, step, not validation_due, saved) from None
     bar.close()
     if saved != step:
         checkpoints.save(ctx.manager, state, _meta(ctx, step))
@@ -273,22 +362,49 @@ def _train(ctx: _Run, progress: bool) -> RunResult:
     return RunResult(state, model, reason)
 
 
+def _attempt(fn, *args):
+    """`(fn(*args), None)`, or `(None, the refusal)` where it raises `UsageError`,
+    `DataSpecError` (an unusable `--data`) or `FileNotFoundError`."""
+    try:
+        return fn(*args), None
+    except (UsageError, DataSpecError, FileNotFoundError) as refusal:
+        return None, refusal
+
+
+def _checked_mesh(config: TrainConfig, workdir: pathlib.Path, accelerator: Optional[str],
+                  overwrite: bool) -> jax.sharding.Mesh:
+    """The run's device mesh, after checking the devices, the batch and the workdir."""
+    mesh = parallel.make_mesh(parallel.select_devices(accelerator))
+    parallel.check_batch(config.batch_size, mesh)
+    checkpoints.claim_workdir(workdir, config, overwrite, write=False)
+    return mesh
+
+
 def run(config: TrainConfig, workdir, accelerator: Optional[str] = None,
-        overwrite: bool = False, progress: bool = True) -> RunResult:
-    """Train (or resume) the run `config` in `workdir` on every device of `accelerator`.
+        overwrite: bool = False, progress: bool = True,
+        stop: Optional[StopSignals] = None) -> RunResult:
+    """Train (or resume) the run `config` in `workdir` on every device of `accelerator`,
+    stopping at the signals of `stop` (installed by `main`; None: no stopping).
 
     Raises:
       UsageError: absent accelerator, batch not divisible by the device count, a workdir
-        holding another configuration (without `overwrite`), unusable data.
+        holding another configuration (without `overwrite`), too little data; in a multi-host
+        run, processes given different flags, workdirs or data, or another process's refusal.
+      DataSpecError (an `InputError`): a `config.data` folder holding several maps files, or
+        maps that cannot be block-averaged to the map size.
       FileNotFoundError: a `config.data` path that holds no CAMELS maps.
+      InputError: CAMELS files that cannot be used (a bad pixel, a map count that does not
+        match the parameter file, ...).
       TrainingStopped: `config.max_nonfinite` non-finite steps in a row.
+      RunInterrupted: a stop signal; the current step was checkpointed.
     """
-    mesh = parallel.make_mesh(parallel.select_devices(accelerator))
-    parallel.check_batch(config.batch_size, mesh)
     workdir = pathlib.Path(workdir)
+    mesh, refusal = _attempt(_checked_mesh, config, workdir, accelerator, overwrite)
+    multihost.agree({"workdir": str(workdir.absolute()),
+                     "configuration": dataclasses.asdict(config)}, refusal)
+    data, refusal = _attempt(prepare, config)
+    multihost.agree({"data": None if data is None else fingerprint(data)}, refusal)
     main_process = jax.process_index() == 0
-    checkpoints.claim_workdir(workdir, config, overwrite, write=False)
-    data = prepare(config)
     if main_process:
         checkpoints.claim_workdir(workdir, config, overwrite, write=True)
     per_epoch = steps_per_epoch(len(data.train.x), config.batch_size)
@@ -296,7 +412,7 @@ def run(config: TrainConfig, workdir, accelerator: Optional[str] = None,
              else bits_per_dim(np.mean(data.exact_val_nll), config.model.dim))
     manager = checkpoints.open_manager(workdir, config.keep_checkpoints)
     ctx = _Run(config, workdir, mesh, data, main_process, MetricsLog(workdir, main_process),
-               manager, per_epoch, exact, figures.choose(data.val))
+               manager, per_epoch, exact, figures.choose(data.val), stop or NoSignals())
     _say(ctx, f"{len(data.train.x)} training / {len(data.val.x)} validation maps "
               f"({per_epoch} steps per epoch) on {mesh.size} {mesh.devices.flat[0].platform} "
               f"device(s); workdir {workdir}")
@@ -306,23 +422,22 @@ def run(config: TrainConfig, workdir, accelerator: Optional[str] = None,
         manager.close()
 
 
+@cli.command
 def main(argv=None) -> int:
-    """The command line: returns the exit status (0 done, 2 refused, 1 stopped)."""
+    """The command line: returns the exit status (0 done, 2 refused, 1 stopped by non-finite
+    steps; `cli`), or 128 + the signal's number after SIGTERM (143) or Ctrl-C (130)."""
     args = build_parser().parse_args(argv)
-    try:
-        config = config_from_args(args)
-        if args.coordinator is not None:
-            jax.distributed.initialize(coordinator_address=args.coordinator,
-                                       num_processes=args.num_processes,
-                                       process_id=args.process_id)
-        result = run(config, args.workdir, args.accelerator, args.overwrite,
-                     progress=not args.no_progress)
-    except (UsageError, DataSpecError, FileNotFoundError) as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 2
-    except TrainingStopped as error:
-        print(f"stopped: {error}", file=sys.stderr)
-        return 1
+    with StopSignals() as stop:
+        try:
+            config = config_from_args(args)
+            if args.coordinator is not None:
+                multihost.connect(args.coordinator, args.num_processes, args.process_id,
+                                  args.peer_timeout)
+            result = run(config, args.workdir, args.accelerator, args.overwrite,
+                         progress=not args.no_progress, stop=stop)
+        except RunInterrupted as interruption:
+            print(f"interrupted: {interruption}", file=sys.stderr)
+            return interruption.exit_status
     final = parallel.host_value(result.state)
     best = bits_per_dim(final.best_val_nll, config.model.dim)
     print(f"{result.reason}: step {int(final.step)}; best validation {best:.4f} bits/dim; "

@@ -16,7 +16,7 @@ import numpy as np
 from jglow.saving import CONFIG_FILE
 from jglow.train import figures
 from jglow.train.figures import DPI, plt
-from jglow.train.metrics import json_safe
+from jglow.train.metrics import inverse_problems, json_safe
 
 MODEL_COLOUR, EXACT_COLOUR = "C1", "0.4"
 
@@ -327,12 +327,20 @@ def headline(data) -> str:
         f"{_number(data['conditional']['r2']['p10'], 4)}; within 2 SE "
         f"{_number(data['conditional']['within_2se']['mean'])}",
         *calibration,
-        f"non-finite samples {health['n_nonfinite']} of {health['n_samples']}"])
+        f"non-finite samples {health['n_nonfinite']} of {health['n_samples']}; round trip "
+        f"max |decode(encode(x)) - x| {_number(health['reconstruction']['max_abs_model_space'])}"
+        f" (model space)"])
 
 
 def warnings_of(data) -> list:
-    """The `warning:` lines of `calibration_text` for the report `data`."""
-    return calibration_text(json_safe(data)["inference"], "this evaluation")[1]
+    """The `warning:` lines of the report `data`: those of `calibration_text`, and one when the
+    inverse is unsound (`jglow.train.metrics.inverse_problems` of its health section)."""
+    data = json_safe(data)
+    health = data["health"]
+    problems = inverse_problems(health["reconstruction"]["max_abs_model_space"],
+                                health["n_nonfinite"], health["n_samples"])
+    inverse = [f"warning: the model's inverse is unsound on held-out data: {'; '.join(problems)}"]
+    return calibration_text(data["inference"], "this evaluation")[1] + (inverse if problems else [])
 
 
 def markdown(data) -> str:
