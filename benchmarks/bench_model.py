@@ -1,4 +1,4 @@
-"""Speed of the paper-configuration model on this machine: log_prob and sampling (issue 2).
+"""Speed of the paper-configuration model on this machine: log_prob and sampling.
 
     python benchmarks/bench_model.py [--reference PATH] [--batch 64] [--repeats 5] [--rounds 1]
 
@@ -22,7 +22,7 @@ import jax.numpy as jnp
 import numpy as np
 
 import jglow
-from jglow.model import _log_prob, _sample
+from jglow.compilation import jit
 
 import common
 
@@ -63,10 +63,11 @@ def jglow_timers(batch, config=None):
     params, mask = perturbed_model(x, z, config=config)
     count = sum(leaf.size for leaf, trainable in zip(jax.tree_util.tree_leaves(params),
                                                      jax.tree_util.tree_leaves(mask)) if trainable)
-    log_prob_compile, log_prob_fn = common.compile_seconds(_log_prob, params, x, z)
-    key, temperature = jax.random.PRNGKey(2), jnp.float32(1.0)
-    sample_compile, sample_fn = common.compile_seconds(_sample, params, key, z, temperature)
-    samples = sample_fn(params, key, z, temperature)
+    log_prob_compile, log_prob_fn = common.compile_seconds(jit(jglow.log_prob), params, x, z)
+    key = jax.random.PRNGKey(2)
+    sample_at_unit_temperature = jit(lambda p, k, conditions: jglow.sample(p, k, conditions, 1.0))
+    sample_compile, sample_fn = common.compile_seconds(sample_at_unit_temperature, params, key, z)
+    samples = sample_fn(params, key, z)
     static = {
         "parameters": int(count),
         "compile_log_prob_s": log_prob_compile,
@@ -77,7 +78,7 @@ def jglow_timers(batch, config=None):
         "log_prob_maps_per_s": lambda repeats: batch / common.median_seconds(
             lambda: log_prob_fn(params, x, z).block_until_ready(), repeats),
         "sample_maps_per_s": lambda repeats: batch / common.median_seconds(
-            lambda: sample_fn(params, key, z, temperature).block_until_ready(), repeats),
+            lambda: sample_fn(params, key, z).block_until_ready(), repeats),
     }
     return static, timers
 

@@ -1,14 +1,21 @@
-"""Shape validation done before tracing, with errors that name what was received and expected."""
+"""Argument validation done on concrete values before any tracing: the parameters' type and
+the shapes and values of maps, conditions and latents. Every error names the bad value and
+what was expected.
+
+The posterior's own arguments (grid axes, point counts, truths, chunk sizes) are checked beside
+it, in `jglow.posterior.checks`.
+"""
+
+import numpy as np
 
 from jglow.config import GlowConfig
+from jglow.data.validation import check_positive_maps
+from jglow.model_params import EnsembleParams, GlowParams
 
 
 def check_params(params, ensembles: bool = False):
     """The first argument of the model functions must be a `GlowParams` from `jglow.init` or
     `jglow.load`; with `ensembles`, an `EnsembleParams` (`jglow.ensemble`) is accepted too."""
-    from jglow.ensemble import EnsembleParams  # local imports: both modules import this one
-    from jglow.model import GlowParams
-
     if isinstance(params, GlowParams) or (ensembles and isinstance(params, EnsembleParams)):
         return
     if isinstance(params, EnsembleParams):
@@ -47,3 +54,56 @@ def check_latents(config: GlowConfig, latents) -> int:
     if len(shape) != 2 or shape[1] != config.dim:
         raise ValueError(f"latents must have shape (N, {config.dim}) (N, H*W*C), got {shape}")
     return shape[0]
+
+
+def first_non_finite(array, name: str, item: str) -> None:
+    """Raise if `array` `(N, ...)` holds a NaN or infinity, naming the first bad item's index.
+
+    `item` names what the leading axis counts ("map", "condition") in the message.
+    """
+    array = np.asarray(array)
+    finite = np.isfinite(array).reshape(array.shape[0], -1)
+    bad = ~finite.all(axis=1)
+    if bad.any():
+        i = int(np.argmax(bad))
+        position = np.unravel_index(int(np.argmin(finite[i])), array.shape[1:])
+        raise ValueError(f"{name}: {item} {i} has the non-finite value "
+                         f"{float(array[i][position])!r} at "
+                         f"index {tuple(int(p) for p in position)}; expected finite values")
+
+
+def model_maps(x, image_shape) -> np.ndarray:
+    """Model-space maps `(H, W, C)` or `(B, H, W, C)` → float32 `(B, H, W, C)`, finite."""
+    x = np.asarray(x, np.float32)
+    image_shape = tuple(image_shape)
+    if x.shape == image_shape:
+        x = x[None]
+    if x.ndim != 4 or x.shape[1:] != image_shape or x.shape[0] < 1:
+        raise ValueError(f"x must have shape {image_shape} (H, W, C) or "
+                         f"(B, {', '.join(map(str, image_shape))}) "
+                         f"with B >= 1, got {x.shape}")
+    first_non_finite(x, "x", "map")
+    return x
+
+
+def raw_maps(maps) -> np.ndarray:
+    """Raw physical maps `(H, W)` or `(B, H, W)` → float32 `(B, H, W)`, finite and positive."""
+    maps = np.asarray(maps, np.float32)
+    if maps.ndim == 2:
+        maps = maps[None]
+    if maps.ndim != 3 or min(maps.shape) < 1:
+        raise ValueError(f"maps must have shape (H, W) or (B, H, W) with B >= 1, got {maps.shape}")
+    check_positive_maps(maps, "maps")
+    return maps
+
+
+def conditions(zs, dim: int, name: str = "zs") -> np.ndarray:
+    """Conditions `(M, dim)` with `M >= 1`, finite → float32."""
+    zs = np.asarray(zs, np.float32)
+    if zs.ndim != 2 or zs.shape[1] != dim:
+        raise ValueError(f"{name} must have shape (M, {dim}) (M points of dimension {dim}), "
+                         f"got {zs.shape}")
+    if zs.shape[0] == 0:
+        raise ValueError(f"{name} is empty (shape {zs.shape}); expected at least one point")
+    first_non_finite(zs, name, "point")
+    return zs

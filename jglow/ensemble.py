@@ -18,35 +18,12 @@ import math
 import operator
 from typing import Sequence
 
-import flax.struct
 import jax
 import jax.numpy as jnp
 
 from jglow import checks, model
 from jglow.compilation import jit
-from jglow.config import GlowConfig
-from jglow.model import GlowParams
-
-
-@flax.struct.dataclass
-class EnsembleParams:
-    """K models' parameters: `members` is a `GlowParams` whose every leaf has a leading axis of
-    length K (member `k`'s leaf is `leaf[k]`); its `GlowConfig` is the members' common one.
-
-    A pytree: it jits, vmaps and differentiates like a `GlowParams`.
-    """
-
-    members: GlowParams
-
-    @property
-    def config(self) -> GlowConfig:
-        """The members' common `GlowConfig`."""
-        return self.members.config
-
-    @property
-    def size(self) -> int:
-        """The number of members K."""
-        return jax.tree_util.tree_leaves(self.members)[0].shape[0]
+from jglow.model_params import EnsembleParams, GlowParams
 
 
 def field_differences(first: dict, other: dict) -> str:

@@ -35,7 +35,6 @@ hand (`jglow.train.metrics.inverse_check`), with a warning beyond
 
 from typing import List, Tuple
 
-import flax.struct
 import jax
 import jax.numpy as jnp
 
@@ -46,21 +45,8 @@ from jglow.compilation import jit
 from jglow.config import GlowConfig
 from jglow.flow import FlowStep, StepStack
 from jglow.latent_priors import draw, log_density, make_prior
+from jglow.model_params import GlowParams
 from jglow.numerics import split_keys
-
-
-@flax.struct.dataclass
-class GlowParams:
-    """All parameters of a model, with its `GlowConfig` as static (non-array) pytree data.
-
-    `levels[l]` is `{"steps": stacked step params}` (plus `"actnorm"` when enabled), `final` the
-    final block's `{"steps": ...}`, `priors[i]` the prior of latent `i`.
-    """
-
-    config: GlowConfig = flax.struct.field(pytree_node=False)
-    levels: Tuple[dict, ...]
-    final: dict
-    priors: Tuple[dict, ...]
 
 
 # --- structure -------------------------------------------------------------------------------

@@ -35,7 +35,9 @@ from jglow import ensemble
 from jglow.config import GlowConfig
 from jglow.data.preprocessing import Preprocessing
 from jglow.errors import InputError
-from jglow.model import GlowParams, init
+from jglow.files import replace_atomically
+from jglow.model import init
+from jglow.model_params import GlowParams
 
 FORMAT = "jglow-model"
 VERSION = 1
@@ -68,16 +70,6 @@ def _leaves_by_name(params: GlowParams) -> dict:
     return {jax.tree_util.keystr(path): np.asarray(leaf) for path, leaf in flat}
 
 
-def _replace_atomically(path: pathlib.Path, write) -> None:
-    """Call `write(handle)` on a temporary file beside `path`, then rename it to `path`."""
-    temporary = path.with_name(path.name + ".tmp")
-    with open(temporary, "wb") as handle:
-        write(handle)
-        handle.flush()
-        os.fsync(handle.fileno())
-    os.replace(temporary, path)
-
-
 def _sha256(path: pathlib.Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
@@ -106,12 +98,12 @@ def save(path, model: TrainedModel) -> None:
                          f"{params.config}")
     directory = pathlib.Path(path)
     directory.mkdir(parents=True, exist_ok=True)
-    _replace_atomically(directory / PARAMS_FILE,
+    replace_atomically(directory / PARAMS_FILE,
                         lambda handle: np.savez(handle, **_leaves_by_name(params)))
     record = {"format": FORMAT, "version": VERSION, "config": dataclasses.asdict(config),
               "preprocessing": preprocessing.to_dict(),
               "params_sha256": _sha256(directory / PARAMS_FILE)}
-    _replace_atomically(directory / CONFIG_FILE,
+    replace_atomically(directory / CONFIG_FILE,
                         lambda handle: handle.write(json.dumps(record, indent=2).encode()))
 
 
@@ -242,5 +234,5 @@ def save_ensemble(path, member_dirs) -> None:
     directory.mkdir(parents=True, exist_ok=True)
     members = [pathlib.Path(os.path.relpath(d, directory)).as_posix() for d in member_dirs]
     record = {"format": ENSEMBLE_FORMAT, "version": ENSEMBLE_VERSION, "members": members}
-    _replace_atomically(directory / ENSEMBLE_FILE,
+    replace_atomically(directory / ENSEMBLE_FILE,
                         lambda handle: handle.write(json.dumps(record, indent=2).encode()))

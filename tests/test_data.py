@@ -183,3 +183,31 @@ def test_posterior_concentrates_as_maps_are_added():
     assert np.all(np.diff(widths, axis=0) < 0), widths
     assert np.all(widths[-1] < 0.6 * widths[0]), widths
     assert np.all(np.abs(mean - theta) < 3 * widths[-1]), (mean, widths[-1])
+
+
+# ----------------------------------------------------------------------------- recipe
+
+def test_the_synthetic_data_spec_is_the_recipe_s_synthetic_maps():
+    ms = data.load_mapset("synthetic", 8, 3)
+    expected = data.synthetic_maps(3, data.MAPS_PER_SIM, size=8, box_size=data.BOX_SIZE,
+                                   seed=data.SYNTHETIC_SEED)
+    assert ms.maps.shape == (3 * 15, 8, 8) and data.MAPS_PER_SIM == 15
+    np.testing.assert_array_equal(ms.maps, expected.maps)
+    np.testing.assert_array_equal(ms.params, expected.params)
+
+
+def test_unusable_data_specs_raise_naming_the_spec(tmp_path):
+    with pytest.raises(FileNotFoundError,
+                       match=r"data '.*nowhere': expected 'synthetic'.*found no such file"):
+        data.load_mapset(str(tmp_path / "nowhere"), 8, 3)
+    np.save(tmp_path / "Maps_HI_a.npy", np.ones((15, 12, 12), np.float32))
+    with pytest.raises(data.DataSpecError,
+                       match=r"maps of shape \(15, 12, 12\) cannot be block-averaged to 8×8; "
+                             r"expected \(N, n, n\) with n a multiple of 8"):
+        data.load_mapset(str(tmp_path), 8, 3)
+    np.save(tmp_path / "Images_HI_b.npy", np.ones((15, 16, 16), np.float32))
+    with pytest.raises(data.DataSpecError,
+                       match=r"holds several maps files \['Maps_HI_a.npy', 'Images_HI_b.npy'\]; "
+                             r"pass one of them"):
+        data.load_mapset(str(tmp_path), 8, 3)
+    assert issubclass(data.DataSpecError, ValueError)

@@ -7,7 +7,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from jglow import data
+from jglow import data, posterior
 
 METHODS = ("minmax", "sigmoid")
 
@@ -75,6 +75,22 @@ def test_params_map_prior_box_onto_unit_cube():
     np.testing.assert_allclose(prep.inverse_params(prep.forward_params(theta)), theta, rtol=1e-6)
     with pytest.raises(ValueError, match=r"params must have shape \(\.\.\., 2\).*got \(50, 3\)"):
         prep.forward_params(np.ones((50, 3)))
+
+
+def test_box_coordinates_are_one_map_shared_by_the_preprocessing_and_the_posterior():
+    low, high = np.array([0.1, 0.6], np.float32), np.array([0.5, 1.0], np.float32)
+    corners = np.array([[0.1, 0.6], [0.5, 1.0], [0.3, 0.8]], np.float32)
+    np.testing.assert_allclose(data.prior.to_unit_box(corners, low, high),
+                               [[-1, -1], [1, 1], [0, 0]], atol=1e-6)
+    u = np.random.default_rng(1).uniform(-1.0, 1.0, (20, 2)).astype(np.float32)
+    theta = data.prior.from_unit_box(u, low, high)
+    assert np.all((theta >= low) & (theta <= high))
+    np.testing.assert_allclose(data.prior.to_unit_box(theta, low, high), u, atol=1e-6)
+    target = posterior.gradient.log_posterior(lambda maps, thetas: jnp.zeros((1, len(thetas))),
+                                              np.ones((4, 4)), box=data.PRIOR_BOX)
+    prep = data.Preprocessing("minmax", 8.0, 2.0)
+    np.testing.assert_array_equal(target.unit(jnp.asarray(theta)), prep.forward_params(theta))
+    np.testing.assert_array_equal(target.theta(jnp.asarray(u)), prep.inverse_params(u))
 
 
 @pytest.mark.parametrize("method", METHODS)

@@ -112,6 +112,19 @@ def test_results_are_the_same_with_and_without_jit(micro):
     np.testing.assert_allclose(jglow.log_prob(params, x, z), eager, rtol=1e-5, atol=1e-3)
 
 
+def test_the_two_phase_api_equals_log_prob_and_serves_many_maps_per_conditioning(model):
+    params, x, z = model
+    conditioning = jax.jit(jglow.condition)(params, z)
+    np.testing.assert_allclose(jax.jit(jglow.log_prob_given)(params, x, conditioning),
+                               jglow.log_prob(params, x, z), rtol=1e-6, atol=1e-4)
+    batches = jnp.stack([x + 0.1, x[::-1]])
+    log_prob_of_batch = jax.vmap(lambda maps: jglow.log_prob_given(params, maps, conditioning))
+    per_batch = jax.jit(log_prob_of_batch)(batches)
+    assert per_batch.shape == (2, x.shape[0])
+    for maps, log_p in zip(batches, per_batch):
+        np.testing.assert_allclose(log_p, jglow.log_prob(params, maps, z), rtol=1e-5, atol=1e-3)
+
+
 def test_vmap_over_conditions_equals_a_loop(model):
     params, x, z = model
     zs = jnp.stack([z, -z, 0.5 * z])

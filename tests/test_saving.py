@@ -8,6 +8,7 @@ import pytest
 
 import jglow
 from jglow.data import fit_preprocessing, synthetic_maps
+from jglow.files import replace_atomically
 from helpers import tiny_config, toy_batch
 
 
@@ -65,3 +66,19 @@ def test_refusals(model, tmp_path):
     other_config = dataclasses.replace(model.config, hidden=4)
     with pytest.raises(ValueError, match="differs"):
         jglow.save(tmp_path, model._replace(config=other_config))
+
+
+def test_replace_atomically_writes_the_new_content_or_leaves_the_old(tmp_path):
+    path = tmp_path / "record.json"
+    replace_atomically(path, lambda handle: handle.write(b"old"))
+    replace_atomically(path, lambda handle: handle.write(b"new content"))
+    assert path.read_bytes() == b"new content"
+
+    def failing(handle):
+        handle.write(b"half of the next")
+        raise OSError("disk full")
+
+    with pytest.raises(OSError, match="disk full"):
+        replace_atomically(path, failing)
+    assert path.read_bytes() == b"new content"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["record.json"]

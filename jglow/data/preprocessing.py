@@ -32,7 +32,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from jglow.compilation import jit
-from jglow.data.prior import PRIOR_BOX
+from jglow.data.prior import PRIOR_BOX, from_unit_box, to_unit_box
 from jglow.data.validation import check_positive_chunk, check_positive_maps, map_chunks
 
 METHODS = ("minmax", "sigmoid")
@@ -108,12 +108,12 @@ class Preprocessing:
     def forward_params(self, params):
         """Physical parameters `(..., D)` → conditions `z` in `[−1, 1]` on the box, `(..., D)`."""
         low, high = self._box_arrays(params, "params")
-        return 2.0 * (jnp.asarray(params, jnp.float32) - low) / (high - low) - 1.0
+        return to_unit_box(jnp.asarray(params, jnp.float32), low, high)
 
     def inverse_params(self, z):
         """Conditions `z` `(..., D)` → physical parameters `(..., D)`."""
         low, high = self._box_arrays(z, "z")
-        return low + 0.5 * (jnp.asarray(z, jnp.float32) + 1.0) * (high - low)
+        return from_unit_box(jnp.asarray(z, jnp.float32), low, high)
 
     def to_dict(self):
         """A JSON-serialisable dict of plain strings, floats and lists."""

@@ -1,9 +1,21 @@
-"""The CAMELS LH prior box of the two conditioning parameters and a Latin hypercube over it."""
+"""The CAMELS LH prior box of the two conditioning parameters, the affine map between the box
+and `[−1, 1]^D`, and a Latin hypercube over the box."""
 
 import numpy as np
 
 PRIOR_BOX = ((0.1, 0.5), (0.6, 1.0))
 """`((Ωm_min, Ωm_max), (σ8_min, σ8_max))`: the uniform prior of the CAMELS LH design (SPEC §4)."""
+
+
+def to_unit_box(theta, low, high):
+    """Physical parameters `theta (..., D)` → box coordinates `2 (θ − low) / (high − low) − 1`,
+    in `[−1, 1]` on the box `[low, high]` (`low`, `high`: `(D,)`); numpy or jax arrays."""
+    return 2.0 * (theta - low) / (high - low) - 1.0
+
+
+def from_unit_box(u, low, high):
+    """The inverse of `to_unit_box`: box coordinates `u (..., D)` → physical parameters."""
+    return low + 0.5 * (u + 1.0) * (high - low)
 
 
 def latin_hypercube(n, box=PRIOR_BOX, rng=None):

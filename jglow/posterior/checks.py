@@ -1,64 +1,12 @@
-"""Input validation for the posterior code, done on concrete values before any tracing.
+"""Validation of the posterior's own arguments (chunk sizes, grid axes and point counts, truths),
+done on concrete values before any tracing; maps and conditions are checked by `jglow.checks`.
 
 Every error is a `ValueError` that names the bad value and what was expected.
 """
 
 import numpy as np
 
-from jglow.data.validation import check_positive_maps
-
-
-def first_non_finite(array, name: str, item: str) -> None:
-    """Raise if `array` `(N, ...)` holds a NaN or infinity, naming the first bad item's index.
-
-    `item` names what the leading axis counts ("map", "condition") in the message.
-    """
-    array = np.asarray(array)
-    finite = np.isfinite(array).reshape(array.shape[0], -1)
-    bad = ~finite.all(axis=1)
-    if bad.any():
-        i = int(np.argmax(bad))
-        position = np.unravel_index(int(np.argmin(finite[i])), array.shape[1:])
-        raise ValueError(f"{name}: {item} {i} has the non-finite value "
-                         f"{float(array[i][position])!r} at "
-                         f"index {tuple(int(p) for p in position)}; expected finite values")
-
-
-def model_maps(x, image_shape) -> np.ndarray:
-    """Model-space maps `(H, W, C)` or `(B, H, W, C)` → float32 `(B, H, W, C)`, finite."""
-    x = np.asarray(x, np.float32)
-    image_shape = tuple(image_shape)
-    if x.shape == image_shape:
-        x = x[None]
-    if x.ndim != 4 or x.shape[1:] != image_shape or x.shape[0] < 1:
-        raise ValueError(f"x must have shape {image_shape} (H, W, C) or "
-                         f"(B, {', '.join(map(str, image_shape))}) "
-                         f"with B >= 1, got {x.shape}")
-    first_non_finite(x, "x", "map")
-    return x
-
-
-def raw_maps(maps) -> np.ndarray:
-    """Raw physical maps `(H, W)` or `(B, H, W)` → float32 `(B, H, W)`, finite and positive."""
-    maps = np.asarray(maps, np.float32)
-    if maps.ndim == 2:
-        maps = maps[None]
-    if maps.ndim != 3 or min(maps.shape) < 1:
-        raise ValueError(f"maps must have shape (H, W) or (B, H, W) with B >= 1, got {maps.shape}")
-    check_positive_maps(maps, "maps")
-    return maps
-
-
-def conditions(zs, dim: int, name: str = "zs") -> np.ndarray:
-    """Conditions `(M, dim)` with `M >= 1`, finite → float32."""
-    zs = np.asarray(zs, np.float32)
-    if zs.ndim != 2 or zs.shape[1] != dim:
-        raise ValueError(f"{name} must have shape (M, {dim}) (M points of dimension {dim}), "
-                         f"got {zs.shape}")
-    if zs.shape[0] == 0:
-        raise ValueError(f"{name} is empty (shape {zs.shape}); expected at least one point")
-    first_non_finite(zs, name, "point")
-    return zs
+from jglow.checks import first_non_finite
 
 
 def chunk_size(value):

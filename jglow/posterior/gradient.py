@@ -26,9 +26,10 @@ import numpy as np
 import optax
 from jax import lax
 
+from jglow import checks
 from jglow.compilation import jit
 from jglow.data import PRIOR_BOX
-from jglow.posterior import checks
+from jglow.data.prior import from_unit_box, to_unit_box
 from jglow.posterior.likelihood import as_pytree
 
 TARGET_ACCEPTANCE = 0.574
@@ -51,11 +52,11 @@ class LogPosterior:
 
     def theta(self, u):
         """Box coordinates `(..., D)` → physical parameters `(..., D)`."""
-        return self.low + 0.5 * (u + 1.0) * (self.high - self.low)
+        return from_unit_box(u, self.low, self.high)
 
     def unit(self, theta):
         """Physical parameters `(..., D)` → box coordinates `(..., D)`."""
-        return 2.0 * (theta - self.low) / (self.high - self.low) - 1.0
+        return to_unit_box(theta, self.low, self.high)
 
     def __call__(self, u):
         theta = self.theta(jnp.clip(u, -1.0, 1.0))

@@ -24,6 +24,7 @@ from jax import lax
 
 from jglow import backend, ensemble, model, native_coupling
 from jglow import checks as model_checks
+from jglow.batching import padded_rows
 from jglow.compilation import jit
 from jglow.posterior import checks
 
@@ -118,8 +119,7 @@ def map_in_chunks(fn, xs, chunk_size: int):
     """
     m, d = xs.shape
     n_chunks = -(-m // chunk_size)
-    padding = jnp.broadcast_to(xs[-1:], (n_chunks * chunk_size - m, d))
-    chunks = jnp.concatenate([xs, padding]).reshape(n_chunks, chunk_size, d)
+    chunks = xs[padded_rows(0, n_chunks * chunk_size, m)].reshape(n_chunks, chunk_size, d)
     out = lax.map(fn, chunks)
     return out.reshape(n_chunks * chunk_size, *out.shape[2:])[:m]
 
@@ -178,8 +178,8 @@ def grid_log_prob(params, x, zs, chunk_size=None):
     model_checks.check_params(params, ensembles=True)
     config = params.config
     single = np.ndim(x) == 3
-    x = checks.model_maps(x, config.image_shape)
-    zs = checks.conditions(zs, config.cond_dim)
+    x = model_checks.model_maps(x, config.image_shape)
+    zs = model_checks.conditions(zs, config.cond_dim)
     size = (checks.chunk_size(chunk_size)
             or default_chunk_size(zs.shape[0], x.shape[0], params=params))
     out = grid_log_prob_unchecked(params, jnp.asarray(x), jnp.asarray(zs), min(size, zs.shape[0]))

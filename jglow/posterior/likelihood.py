@@ -15,9 +15,9 @@ import jax.numpy as jnp
 
 from jglow import checks as model_checks
 from jglow.compilation import jit
-from jglow.data import synthetic_log_prob
+from jglow.data import BOX_SIZE, synthetic_log_prob
 from jglow.data.preprocessing import Preprocessing
-from jglow.model import GlowParams
+from jglow.model_params import GlowParams
 from jglow.posterior.grid import default_chunk_size, grid_log_prob_unchecked, map_in_chunks
 
 
@@ -57,7 +57,7 @@ class SyntheticLikelihood:
     time (memory `chunk_size · B` spectra).
     """
 
-    box_size: float = flax.struct.field(pytree_node=False, default=25.0)
+    box_size: float = flax.struct.field(pytree_node=False, default=BOX_SIZE)
     chunk_size: int = flax.struct.field(pytree_node=False, default=64)
 
     def __call__(self, maps, thetas):

@@ -10,7 +10,6 @@ intact. Kept: the latest `keep` checkpoints and the one with the best validation
 from __future__ import annotations
 
 import json
-import os
 import pathlib
 import shutil
 
@@ -18,6 +17,7 @@ import jax
 import orbax.checkpoint as ocp
 from orbax.checkpoint.checkpoint_managers import AnyPreservationPolicy, BestN, LatestN
 
+from jglow.files import replace_atomically
 from jglow.train.config import TrainConfig, UsageError
 
 RUN_FILE = "run.json"
@@ -76,9 +76,8 @@ def claim_workdir(workdir, config: TrainConfig, overwrite: bool, write: bool = T
         if overwrite:
             clear_run(workdir)
         workdir.mkdir(parents=True, exist_ok=True)
-        temporary = run_file.with_name(RUN_FILE + ".tmp")
-        temporary.write_text(json.dumps(wanted, indent=2))
-        os.replace(temporary, run_file)
+        record = json.dumps(wanted, indent=2).encode()
+        replace_atomically(run_file, lambda handle: handle.write(record))
 
 
 def open_manager(workdir, keep: int) -> ocp.CheckpointManager:

@@ -1,7 +1,7 @@
 """The training data: loading, splitting by simulation, preprocessing, and the data order.
 
-Synthetic data is always drawn with `SYNTHETIC_SEED` and every data set is split with
-`SPLIT_SEED`, so runs with different `--seed` share their validation and test simulations.
+The data spec, its loading and the split's constants are the library's (`jglow.data.recipe`),
+so runs with different `--seed` share their validation and test simulations.
 The order of training maps is a function of `(seed, step)` only (`batch_indices`), so a
 resumed run sees exactly the batches an uninterrupted one would.
 """
@@ -11,25 +11,19 @@ from __future__ import annotations
 import functools
 import hashlib
 import json
-import pathlib
 from typing import NamedTuple, Optional
 
 import numpy as np
 
-from jglow.data import (MapSet, Preprocessing, fit_preprocessing, load_camels,
+from jglow.data import (BOX_SIZE, MAPS_PER_SIM, SPLIT_FRACTIONS, SPLIT_SEED, SYNTHETIC_SEED,
+                        MapSet, Preprocessing, fit_preprocessing, load_mapset,
                         split_by_simulation, synthetic_log_prob, synthetic_maps)
 from jglow.data.validation import map_chunks
 from jglow.train.config import TrainConfig, UsageError
 
-SYNTHETIC_SEED = 0
 FRESH_DATA_STREAM = 1
 """Fresh training simulations of epoch `e` of a run with seed `s` are drawn from the seed
 `(SYNTHETIC_SEED, FRESH_DATA_STREAM, s, e)`, a stream apart from the fixed data set's."""
-SPLIT_SEED = 0
-SPLIT_FRACTIONS = (0.8, 0.1, 0.1)
-MAPS_PER_SIM = 15
-BOX_SIZE = 25.0
-"""Side of the CAMELS box in Mpc/h (also that of the synthetic maps)."""
 
 
 class Split(NamedTuple):
@@ -66,40 +60,6 @@ class Data(NamedTuple):
     test_sims: np.ndarray
 
 
-def find_maps_file(path) -> pathlib.Path:
-    """The `.npy` maps file named by `path`, a file or a folder holding exactly one CAMELS maps
-    file (`Maps_HI_*.npy` or `Images_HI_*.npy`)."""
-    path = pathlib.Path(path)
-    if path.is_file():
-        return path
-    if path.is_dir():
-        found = sorted(path.glob("Maps_HI_*.npy")) + sorted(path.glob("Images_HI_*.npy"))
-        if len(found) == 1:
-            return found[0]
-        if found:
-            raise UsageError(f"--data {path} holds several maps files "
-                                     f"{[f.name for f in found]}; pass one of them")
-    raise FileNotFoundError(
-        f"--data {str(path)!r}: expected 'synthetic', a CAMELS maps file (.npy, with "
-        f"params_LH_<suite>.txt or CAMELs_params.csv beside it) or a folder holding one "
-        f"Maps_HI_*.npy / Images_HI_*.npy; found no such file")
-
-
-def load_mapset(config: TrainConfig) -> MapSet:
-    """All maps of `config.data` at `config.model.image_shape`."""
-    size = config.model.image_shape[0]
-    if config.data == "synthetic":
-        return synthetic_maps(config.n_sims, MAPS_PER_SIM, size=size, box_size=BOX_SIZE,
-                              seed=SYNTHETIC_SEED)
-    maps_file = find_maps_file(config.data)
-    native = np.load(maps_file, mmap_mode="r").shape
-    if len(native) != 3 or native[1] != native[2] or native[1] % size:
-        raise UsageError(f"{maps_file}: maps of shape {native} cannot be block-averaged "
-                                f"to {size}×{size} (--map-size); expected (N, n, n) with n a "
-                                f"multiple of {size}")
-    return load_camels(maps_file, maps_per_sim=MAPS_PER_SIM, downsample=native[1] // size)
-
-
 def _model_space(mapset: MapSet, preprocessing: Preprocessing, keep_maps: bool) -> Split:
     """Preprocess `mapset` chunk by chunk into a `Split`."""
     x = np.empty((*mapset.maps.shape, 1), np.float32)
@@ -120,7 +80,7 @@ def exact_nll(split: Split, preprocessing: Preprocessing) -> np.ndarray:
 
 def prepare(config: TrainConfig) -> Data:
     """Load, split by simulation, fit the preprocessing on the training split, preprocess."""
-    mapset = load_mapset(config)
+    mapset = load_mapset(config.data, config.model.image_shape[0], config.n_sims)
     train_set, val_set, test_set = split_by_simulation(mapset, SPLIT_FRACTIONS, SPLIT_SEED)
     if len(val_set) == 0 or len(train_set) < config.batch_size:
         raise UsageError(

@@ -15,12 +15,11 @@ finish stops the command there, and the ensemble is not written.
 from __future__ import annotations
 
 import argparse
-import os
 import pathlib
-import shutil
 import sys
 
 import jglow
+from jglow.files import replace_atomically
 from jglow.saving import CONFIG_FILE
 from jglow.train import cli
 from jglow.train import main as train_main
@@ -53,12 +52,6 @@ def build_ensemble_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _copy_atomically(source: pathlib.Path, target: pathlib.Path) -> None:
-    temporary = target.with_name(target.name + ".tmp")
-    shutil.copyfile(source, temporary)
-    os.replace(temporary, target)
-
-
 @cli.command
 def main(argv=None) -> int:
     """The command line: returns the exit status (module docstring)."""
@@ -87,7 +80,8 @@ def main(argv=None) -> int:
         if status != 0:
             return status
     jglow.save_ensemble(workdir, members)
-    _copy_atomically(members[0] / RUN_FILE, workdir / RUN_FILE)
+    run_record = (members[0] / RUN_FILE).read_bytes()
+    replace_atomically(workdir / RUN_FILE, lambda handle: handle.write(run_record))
     print(f"ensemble of {args.members} members (seeds {base_seed}..{base_seed + args.members - 1})"
           f" in {workdir} (jglow.load)")
     return 0

@@ -2,7 +2,7 @@
 
     python -m train.evaluate --model WORKDIR [--data synthetic|PATH] [--out DIR] [options]
 
-The held-out maps are the test split of the data (`train.data`: split by simulation with
+The held-out maps are the test split of the data (`jglow.data.recipe`: split by simulation with
 `SPLIT_SEED`; never trained on, never used to choose the model), by default the run's own data
 as recorded in `WORKDIR/run.json`; `--data` evaluates on other data with the same split. All
 statistics are of `log10` of the raw maps (dex), power spectra `P(k)` in Pylians conventions over
@@ -62,8 +62,10 @@ from tqdm import tqdm
 
 import jglow
 from jglow import backend, posterior
+from jglow.batching import padded_rows
 from jglow.compilation import jit
-from jglow.data import sample_synthetic, split_by_simulation
+from jglow.data import (BOX_SIZE, SPLIT_FRACTIONS, SPLIT_SEED, load_mapset, sample_synthetic,
+                        split_by_simulation)
 from jglow.posterior.density import parameter_names
 from jglow.saving import TrainedModel
 from jglow.stats import (ks_distance, mean_std_power, pixel_pdfs, power_spectrum, r2_score,
@@ -71,7 +73,7 @@ from jglow.stats import (ks_distance, mean_std_power, pixel_pdfs, power_spectrum
 from jglow.train import cli, figures, infer, report
 from jglow.train.checkpoints import RUN_FILE
 from jglow.train.config import TrainConfig, UsageError
-from jglow.train.data import (BOX_SIZE, SPLIT_FRACTIONS, SPLIT_SEED, Split, exact_nll, load_mapset)
+from jglow.train.data import Split, exact_nll
 from jglow.train.state import bits_per_dim
 
 R2_THRESHOLD = 0.9
@@ -115,7 +117,8 @@ def run_config(workdir) -> TrainConfig:
 
 def held_out(config: TrainConfig, model: TrainedModel) -> Split:
     """The test split of `config.data` in model space under `model.preprocessing`."""
-    test = split_by_simulation(load_mapset(config), SPLIT_FRACTIONS, SPLIT_SEED)[2]
+    mapset = load_mapset(config.data, config.model.image_shape[0], config.n_sims)
+    test = split_by_simulation(mapset, SPLIT_FRACTIONS, SPLIT_SEED)[2]
     sims, counts = np.unique(test.sim, return_counts=True)
     if not len(sims) or counts.min() < 2:
         raise UsageError(f"{config.data}: the test split holds {len(test)} maps of {len(sims)} "
@@ -180,7 +183,7 @@ def in_batches(fn, arrays, batch, desc, progress) -> np.ndarray:
     starts = range(0, n, batch)
     for index, start in enumerate(tqdm(starts, desc=desc, disable=not progress, unit="batch",
                                        leave=False, file=sys.stderr)):
-        rows = np.minimum(np.arange(start, start + batch), n - 1)
+        rows = padded_rows(start, batch, n)
         outputs.append(np.asarray(fn(index, *(a[rows] for a in arrays)))[:n - start])
     return np.concatenate(outputs)
 

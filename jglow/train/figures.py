@@ -22,9 +22,9 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
 import jglow  # noqa: E402
-from jglow.data import Preprocessing  # noqa: E402
+from jglow.data import BOX_SIZE, Preprocessing  # noqa: E402
 from jglow.stats import power_spectrum  # noqa: E402
-from jglow.train.data import BOX_SIZE, Split  # noqa: E402
+from jglow.train.data import Split  # noqa: E402
 
 FIGURE_DIR = "figures"
 GRID_SIMS, GRID_MAPS, SPECTRUM_MAPS = 4, 3, 64

@@ -33,7 +33,7 @@ import sys
 import numpy as np
 
 from jglow import backend, posterior
-from jglow.data import PRIOR_BOX, synthetic_maps
+from jglow.data import BOX_SIZE, PRIOR_BOX, synthetic_maps
 from jglow.errors import InputError
 from jglow.posterior.grid import evaluations_per_chunk
 from jglow.saving import load
@@ -220,7 +220,7 @@ def parse_args(argv=None):
                         help="one plain grid over the prior box instead of a coarse pass and a "
                         "fine grid per map")
     parser.add_argument("--seed", type=int, default=12345, help="seed of the synthetic maps")
-    parser.add_argument("--box-size", type=float, default=25.0,
+    parser.add_argument("--box-size", type=float, default=BOX_SIZE,
                         help="map side in Mpc/h (synthetic)")
     parser.add_argument("--chunk-size", type=int, help="conditions per chunk (default: automatic)")
     parser.add_argument("--map-batch", type=int,

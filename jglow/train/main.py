@@ -31,6 +31,7 @@ import numpy as np
 from tqdm import tqdm
 
 import jglow
+from jglow.data import DataSpecError
 from jglow.saving import TrainedModel
 from jglow.train import checkpoints, cli, figures, memory, multihost, parallel
 from jglow.train.config import (PRESET_NOTES, TrainConfig, UsageError, build_parser,
@@ -362,11 +363,11 @@ def _train(ctx: _Run, progress: bool) -> RunResult:
 
 
 def _attempt(fn, *args):
-    """`(fn(*args), None)`, or `(None, the refusal)` where it raises `UsageError` or
-    `FileNotFoundError`."""
+    """`(fn(*args), None)`, or `(None, the refusal)` where it raises `UsageError`,
+    `DataSpecError` (an unusable `--data`) or `FileNotFoundError`."""
     try:
         return fn(*args), None
-    except (UsageError, FileNotFoundError) as refusal:
+    except (UsageError, DataSpecError, FileNotFoundError) as refusal:
         return None, refusal
 
 
@@ -387,8 +388,10 @@ def run(config: TrainConfig, workdir, accelerator: Optional[str] = None,
 
     Raises:
       UsageError: absent accelerator, batch not divisible by the device count, a workdir
-        holding another configuration (without `overwrite`), unusable data; in a multi-host
+        holding another configuration (without `overwrite`), too little data; in a multi-host
         run, processes given different flags, workdirs or data, or another process's refusal.
+      DataSpecError (an `InputError`): a `config.data` folder holding several maps files, or
+        maps that cannot be block-averaged to the map size.
       FileNotFoundError: a `config.data` path that holds no CAMELS maps.
       InputError: CAMELS files that cannot be used (a bad pixel, a map count that does not
         match the parameter file, ...).

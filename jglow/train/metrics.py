@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import pathlib
 from typing import Callable
 
@@ -19,7 +18,10 @@ import numpy as np
 from jax.sharding import Mesh
 
 import jglow
-from jglow.model import GlowParams, condition, log_prob_given
+from jglow.batching import padded_rows
+from jglow.files import replace_atomically
+from jglow.model import condition, log_prob_given
+from jglow.model_params import GlowParams
 from jglow.train import parallel
 
 METRICS_FILE = "metrics.jsonl"
@@ -62,9 +64,8 @@ class MetricsLog:
         if not self.enabled or not self.path.is_file():
             return
         kept = [r for r in self.read() if r["step"] <= step]
-        temporary = self.path.with_name(self.path.name + ".tmp")
-        temporary.write_text("".join(json.dumps(r) + "\n" for r in kept))
-        os.replace(temporary, self.path)
+        text = "".join(json.dumps(r) + "\n" for r in kept)
+        replace_atomically(self.path, lambda handle: handle.write(text.encode()))
 
     def write(self, record: dict) -> None:
         """Append one record."""
@@ -90,9 +91,8 @@ def mean_nll(nll_sum_fn, mesh: Mesh, params: GlowParams, x, z, batch_size: int,
     total, n = 0.0, x.shape[0]
     for start in range(0, n, batch_size):
         before_batch()
-        rows = np.arange(start, start + batch_size)
-        weight = (rows < n).astype(np.float32)
-        rows = np.minimum(rows, n - 1)
+        rows = padded_rows(start, batch_size, n)
+        weight = (np.arange(start, start + batch_size) < n).astype(np.float32)
         batch = parallel.global_batch(mesh, x[rows], z[rows], weight)
         total += float(parallel.host_value(nll_sum_fn(params, *batch)))
     return total / n

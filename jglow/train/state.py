@@ -22,7 +22,8 @@ from optax.contrib import ReduceLROnPlateauState, reduce_on_plateau
 
 import jglow
 from jglow.data import augment
-from jglow.model import GlowParams, condition, log_prob_given
+from jglow.model import condition, log_prob_given
+from jglow.model_params import GlowParams
 from jglow.train.config import TrainConfig
 
 
