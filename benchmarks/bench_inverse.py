@@ -157,6 +157,7 @@ def measure(precision: str, scales, n_maps: int, tiny: bool) -> dict:
     import jax.numpy as jnp
     import numpy as np
 
+    import jglow
     from jglow import model
 
     sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
@@ -165,7 +166,7 @@ def measure(precision: str, scales, n_maps: int, tiny: bool) -> dict:
 
     config = tiny_config() if tiny else None
     dtype = jnp.float64 if precision == "float64" else jnp.float32
-    x, z = inputs(n_maps, side=16 if tiny else 64)
+    x, z = inputs(n_maps, side=(config or jglow.paper_config()).image_shape[0])
     x, z = x.astype(dtype), z.astype(dtype)
     result = {}
     for scale in scales:
@@ -206,7 +207,7 @@ def main():
     parser.add_argument("--scales", type=float, nargs="+", default=[0.01, 0.001],
                         help="standard deviations of the parameter perturbation")
     parser.add_argument("--maps", type=int, default=4, help="maps and samples per scale")
-    parser.add_argument("--tiny", action="store_true", help="a 16x16 model of 2 levels x 2 steps")
+    parser.add_argument("--tiny", action="store_true", help="the smoke-size model of common.py")
     parser.add_argument("--child", choices=sorted(PRECISIONS), help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:

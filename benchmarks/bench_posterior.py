@@ -5,7 +5,8 @@
 
 Paper configuration (64×64×1, 6 levels × 20 steps), random initialisation (timing does not
 depend on the values), conditions on an `n × n` linspace(−1, 1) mesh as the reference notebook.
-Every time is the median of `--repeats` calls after compilation (compile time reported apart).
+Every time is the median of `--repeats` calls after compilation (compile time reported apart);
+each timed grid also gives XLA's scratch memory of its compiled program (`program_scratch_mb`).
 Helpers (timing, compile time, reference import, JSON) come from `benchmarks/common.py`.
 
 * `grid`: one map, 30×30 grid: seconds, evaluations/s and the fraction of the CPU's fp32 matmul
@@ -47,12 +48,14 @@ PEAK_GFLOPS = 214.0
 """fp32 matmul peak of the project's 2-core CPU (PERFORMANCE.md)."""
 
 
-def paper_model(n_maps=1, seed=0):
-    """`(params, x (n_maps, 64, 64, 1))`: a randomly initialised paper model and random maps."""
+def paper_model(n_maps=1, seed=0, config=None):
+    """`(params, x (n_maps, H, W, C))`: a randomly initialised model of `config` (default the
+    paper configuration, 64×64×1) and random maps."""
+    config = config or jglow.paper_config()
     rng = np.random.default_rng(seed)
-    x = rng.uniform(-1.0, 1.0, (n_maps, 64, 64, 1)).astype(np.float32)
-    z = rng.uniform(-1.0, 1.0, (1, 2)).astype(np.float32)
-    return jglow.init(jax.random.PRNGKey(seed), jglow.paper_config(), x[:1], z), x
+    x = rng.uniform(-1.0, 1.0, (n_maps, *config.image_shape)).astype(np.float32)
+    z = rng.uniform(-1.0, 1.0, (1, config.cond_dim)).astype(np.float32)
+    return jglow.init(jax.random.PRNGKey(seed), config, x[:1], z), x
 
 
 def mesh(side: int) -> np.ndarray:
@@ -84,6 +87,7 @@ def time_grid(params, x, zs, chunk: int, repeats: int) -> dict:
     """Compile `grid_log_prob` for these shapes, then the median of `repeats` timed calls."""
     chunk = min(chunk, zs.shape[0])
     compile_s, compiled = compile_seconds(grid_log_prob_unchecked, params, x, zs, chunk)
+    analysis = compiled.memory_analysis()
     rss_compiled = peak_rss_mb()
     run_peak_isolated = reset_peak_rss()
     seconds = median_seconds(lambda: compiled(params, x, zs).block_until_ready(), repeats,
@@ -94,6 +98,7 @@ def time_grid(params, x, zs, chunk: int, repeats: int) -> dict:
             "evaluations_per_s": evaluations / seconds,
             "seconds_per_evaluation": seconds / evaluations,
             "fraction_of_peak": evaluations * REFERENCE_GFLOP_PER_MAP / (seconds * PEAK_GFLOPS),
+            "program_scratch_mb": round(analysis.temp_size_in_bytes / 1e6, 1),
             "peak_rss_mb_until_compiled": round(rss_compiled, 1),
             "peak_rss_mb_of_the_runs": round(peak_rss_mb(), 1),
             "run_peak_isolated": run_peak_isolated}

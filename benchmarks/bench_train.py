@@ -48,23 +48,34 @@ def _peak_rss_mb():
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
-def measure_jglow(preset, batch, steps, remat):
-    """In this process: compile and time the trainer's step; a JSON-able dict."""
+def preset_config(preset, batch, remat):
+    """The `TrainConfig` of `preset` with global batch `batch` and `remat_steps` set to `remat`."""
     import dataclasses
 
+    from jglow.train.config import PRESETS
+
+    base = PRESETS[preset]()
+    return dataclasses.replace(base, batch_size=batch,
+                               model=dataclasses.replace(base.model, remat_steps=remat))
+
+
+def compiled_step(config, steps):
+    """In this process: the trainer's step (`train.main.compiled_functions`, a run of `steps`
+    steps) compiled on all devices for one batch of synthetic maps.
+
+    Returns `(state, step, batch, compile_s)`: the replicated initial state, the compiled step,
+    the sharded `(x, z)` batch and the compile seconds.
+    """
     import jax
     import numpy as np
 
     import jglow
     from jglow.data import fit_preprocessing, synthetic_maps
-    from jglow.train import memory, parallel
-    from jglow.train.config import PRESETS
+    from jglow.train import parallel
     from jglow.train.main import compiled_functions
     from jglow.train.state import init_state
 
-    base = PRESETS[preset]()
-    config = dataclasses.replace(base, batch_size=batch,
-                                 model=dataclasses.replace(base.model, remat_steps=remat))
+    batch = config.batch_size
     mesh = parallel.make_mesh(jax.devices())
     parallel.check_batch(batch, mesh)
     maps = synthetic_maps(-(-batch // 15), 15, size=config.model.image_shape[0], seed=1)
@@ -76,6 +87,17 @@ def measure_jglow(preset, batch, steps, remat):
     xs, zs = parallel.global_batch(mesh, x, z)
     compile_s, step = common.compile_seconds(compiled_functions(config, mesh, steps)["step"],
                                              state, xs, zs)
+    return state, step, (xs, zs), compile_s
+
+
+def measure_jglow(preset, batch, steps, remat):
+    """In this process: compile and time the trainer's step; a JSON-able dict."""
+    import jax
+
+    from jglow.train import memory
+
+    config = preset_config(preset, batch, remat)
+    state, step, (xs, zs), compile_s = compiled_step(config, steps)
     rss_compiled, peak_compile = _memory_mb("VmRSS"), _memory_mb("VmHWM")
     memory.release_freed_memory()  # as the trainer does after its first step
     rss_released = _memory_mb("VmRSS")
@@ -88,8 +110,8 @@ def measure_jglow(preset, batch, steps, remat):
         jax.block_until_ready(metrics)
 
     seconds = common.median_seconds(one_step, repeats=steps)
-    return {"devices": mesh.size, "remat_steps": remat, "batch": batch, "compile_s": compile_s,
-            "median_step_s": seconds, "maps_per_s": batch / seconds,
+    return {"devices": len(jax.devices()), "remat_steps": remat, "batch": batch,
+            "compile_s": compile_s, "median_step_s": seconds, "maps_per_s": batch / seconds,
             "rss_after_compile_mb": rss_compiled, "rss_after_release_mb": rss_released,
             "peak_rss_steps_mb": _memory_mb("VmHWM"),
             "peak_rss_process_mb": max(peak_compile, _memory_mb("VmHWM"))}

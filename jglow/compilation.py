@@ -28,10 +28,11 @@ and no option is tried there. A jaxlib may lack one, so on the CPU `compiler_opt
 those this one accepts (possibly none: XLA's defaults).
 
 On an accelerator, jglow's programs multiply in float32 (`matmul_precision`): JAX's default
-there rounds a float32 product's inputs to TensorFloat-32 (10 bits, recent NVIDIA GPUs) or
-bfloat16 (TPUs), and the flow's inverse (`decode`, sampling) would then undo its forward only to
-about 1e-3 per step instead of to float32 rounding (not measured on an accelerator here; the
-device check, `benchmarks/device_check.py`, reports the round trip). A precision the caller sets
+there rounds a float32 product's inputs to TensorFloat-32 (10 mantissa bits, a relative error up
+to 5e-4, on recent NVIDIA GPUs) or bfloat16 (7 bits, TPUs) instead of float32's 6e-8, and the
+flow amplifies whatever error its steps make (`jglow.model`, conditioning of the inverse). Not
+measured on an accelerator here: the device check (`benchmarks/device_check.py`) reports the
+trained model's round trip with both precisions. A precision the caller sets
 (`jax.default_matmul_precision`) is kept. On the CPU nothing changes: XLA:CPU multiplies float32
 in float32.
 
