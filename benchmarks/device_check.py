@@ -4,8 +4,9 @@
     python benchmarks/device_check.py --smoke     # tiny sizes, on any machine
 
 Prints one JSON object; with `--out`, also writes it there after every section, so a run
-stopped from outside keeps what it measured (`total_s`: the seconds so far). The sections, in this order; one that would not
-fit in what is left of `--budget` seconds is skipped, with the reason:
+stopped from outside keeps what it measured (`total_s`: the seconds so far). The sections, in
+this order; one that would not fit in what is left of `--budget` seconds is skipped, with the
+reason:
 
 * `tests`: `tests/test_model.py` and `tests/test_bijectors.py` by pytest in a subprocess
   (before this process starts JAX's backend, which then takes the device's memory): the counts
