@@ -89,7 +89,7 @@ def _downsampled_copy(maps, factor, source):
 
 def _read_chunk(handle, maps, part):
     """The maps `part` (a slice) of the memory map `maps`, read from its open file `handle`:
-    pages read through the map would stay in this process's resident memory (the whole 3.75 GB
+    pages read through the map would stay in this process's resident memory (all 3.9 GB
     of a Multifield file), those read from the file do not. A Fortran-ordered file is read
     through the map."""
     if not maps.flags.c_contiguous:
