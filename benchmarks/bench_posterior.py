@@ -1,4 +1,4 @@
-"""Benchmarks of the grid posterior (issue 5); prints one JSON object.
+"""Benchmarks of the grid posterior; prints one JSON object.
 
     python benchmarks/bench_posterior.py [--reference /path/to/HI-generation] [options]
     python benchmarks/bench_posterior.py --gpu-m 10000          # likelihoods/s on one device
@@ -10,9 +10,9 @@ each timed grid also gives XLA's scratch memory of its compiled program (`progra
 Helpers (timing, compile time, reference import, JSON) come from `benchmarks/common.py`.
 
 * `grid`: one map, 30×30 grid: seconds, evaluations/s and the fraction of the CPU's fp32 matmul
-  peak, counting the reference's 0.23 GFLOP per evaluation against 214 GFLOP/s
-  (/work/shared/PERFORMANCE.md; jglow does fewer FLOPs per evaluation, so this is an
-  effective figure); the matmul peak measured in the same run is reported beside it.
+  peak, counting the reference's 0.23 GFLOP per evaluation against 214 GFLOP/s (the
+  project's 2-core CPU's matmul peak as first measured; jglow does fewer FLOPs per evaluation,
+  so this is an effective figure); the matmul peak measured in the same run is reported beside it.
 * `scaling`: grids of `--grids` sides at a fixed chunk size, each in a fresh subprocess: seconds
   per evaluation (flat = time linear in M) and peak RSS until compiled and during the runs alone
   (Linux VmHWM, reset after compiling; flat = memory bounded by the chunk).
@@ -45,7 +45,7 @@ import jglow
 from jglow.posterior.grid import default_chunk_size, grid_log_prob_unchecked
 
 PEAK_GFLOPS = 214.0
-"""fp32 matmul peak of the project's 2-core CPU (PERFORMANCE.md)."""
+"""fp32 matmul peak of the project's 2-core CPU, as first measured (GFLOP/s)."""
 
 
 def paper_model(n_maps=1, seed=0, config=None):

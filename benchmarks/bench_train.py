@@ -1,4 +1,4 @@
-"""Training throughput and memory of the trainer's step on this machine (issue 4).
+"""Training throughput and memory of the trainer's step on this machine.
 
     python benchmarks/bench_train.py [--reference PATH] [--preset paper] [--batch 64] [--steps 3]
                                      [--rounds 1]

@@ -8,7 +8,8 @@ import time
 import jax
 import jax.numpy as jnp
 
-# Arithmetic of the reference's forward pass per map at batch 64 (SHARED PERFORMANCE.md).
+# Arithmetic of the reference's forward pass per map at batch 64 (its convolutions' multiply-adds
+# counted, ×2).
 REFERENCE_GFLOP_PER_MAP = 0.23
 
 

@@ -1,4 +1,4 @@
-"""The model configuration: one frozen, hashable record (SPEC §2–3).
+"""The model configuration: one frozen, hashable record.
 
 `GlowConfig` is carried as static data inside the parameter pytree, so it must be hashable and
 compare by value; every derived quantity (channels per level, latent shapes) is a method.
@@ -97,5 +97,5 @@ class GlowConfig:
 
 
 def paper_config() -> GlowConfig:
-    """The HIGlow paper's configuration (SPEC §2): 64×64×1, 6 levels × 20 steps."""
+    """The HIGlow paper's configuration (arXiv 2211.12724): 64×64×1, 6 levels × 20 steps."""
     return GlowConfig()

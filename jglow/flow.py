@@ -13,7 +13,7 @@ from jglow.numerics import split_keys
 
 @dataclasses.dataclass(frozen=True)
 class FlowStep:
-    """One flow step on `channels` channels (SPEC §2)."""
+    """One flow step on `channels` channels: 1×1 convolution, injector, coupling."""
 
     channels: int
     hidden: int

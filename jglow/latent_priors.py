@@ -1,4 +1,4 @@
-"""Priors of the latents (SPEC §2): diagonal Gaussians, conditional, learned or standard.
+"""Priors of the latents: diagonal Gaussians, conditional, learned or standard.
 
 Every prior exposes `init(key) -> params` and `mean_log_var(params, z) -> (mean, log_var)`,
 each `(N or 1, h, w, c)`; densities and draws are the shared functions below. The log-variance is
@@ -71,7 +71,7 @@ class StandardPrior:
 
 
 def make_prior(kind: str, shape, hidden: int, cond_dim: int):
-    """The prior of SPEC §2 named by `kind` ("conditional", "learned" or "standard")."""
+    """The prior named by `kind` ("conditional", "learned" or "standard")."""
     if kind == "conditional":
         return ConditionalPrior(tuple(shape), hidden, cond_dim)
     if kind == "learned":

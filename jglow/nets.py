@@ -1,4 +1,4 @@
-"""Conditioner networks as `flax.linen` modules (SPEC §2).
+"""Conditioner networks as `flax.linen` modules.
 
 Their parameters are plain pytrees handed to `module.apply`; the bijectors own the modules.
 The first two convolutions of every CNN start from N(0, 0.05²) weights and zero bias; the last

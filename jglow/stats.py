@@ -1,7 +1,7 @@
 r"""Power spectra of 2-D maps in Pylians' `Pk_plane` conventions, and comparisons of spectra.
 
 `power_spectrum(maps, box_size)` on maps `δ` of `n × n` pixels over a periodic box of side
-`L` Mpc/h (SPEC §4):
+`L` Mpc/h:
 
 * The field is used as given: not divided by its mean, the mean not subtracted (it only
   enters the DC mode, which is dropped). No mass-assignment correction (Pylians `MAS='None'`).

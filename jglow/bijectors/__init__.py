@@ -1,4 +1,4 @@
-"""Bijectors as pure functions (SPEC §1). Each follows the contract written in
+"""Bijectors as pure functions. Each follows the contract written in
 `jglow.bijectors.base` (`Bijector`, and `ConditionalBijector` for those with a `condition`)."""
 
 from jglow.bijectors.actnorm import ActNorm

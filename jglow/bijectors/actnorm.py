@@ -5,7 +5,7 @@ import dataclasses
 import jax.numpy as jnp
 
 # Channels whose initial batch has a standard deviation below this keep scale 1: a constant
-# channel would otherwise get an enormous scale (SPEC §2, "epsilon-guarded").
+# channel would otherwise get an enormous scale.
 CONSTANT_CHANNEL_STD = 1e-6
 
 

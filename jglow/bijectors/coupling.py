@@ -1,4 +1,4 @@
-"""Conditional affine coupling (SPEC §2, flow step 3).
+"""Conditional affine coupling (a flow step's third bijector).
 
 `xa, xb` = first and second half of the channels; a CNN of `concat(xa, conditions)` gives a raw
 scale `r` and a shift `t`; `scale = (1 − clamp)·sigmoid(r + 2) + clamp`, `yb = (xb + t)·scale`,

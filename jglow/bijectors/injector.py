@@ -1,4 +1,4 @@
-"""Affine injector, the conditional ActNorm of SRFlow (SPEC §2, flow step 2).
+"""Affine injector, the conditional ActNorm of SRFlow (a flow step's second bijector).
 
 `y = x·exp(s) + b` with `(b, s)` from a CNN of the conditions broadcast as constant channels;
 `s` is clamped to `[log 1e-3, 5]` straight-through; `log_det = Σ s` over `H, W, C`. Because the

@@ -1,4 +1,4 @@
-"""Invertible 1×1 convolution, LU-parameterised (SPEC §2, flow step 1).
+"""Invertible 1×1 convolution, LU-parameterised (a flow step's first bijector).
 
 `W = P · (L_strict + I) · (U_strict + diag(sign · exp(log_abs_s)))`, `y = x · Wᵀ` at every pixel,
 `log_det = H·W·Σ log_abs_s`. `P` and `sign` are constants: they live in the params under the keys

@@ -1,4 +1,4 @@
-"""Splitting the channels in half (SPEC §2, step 4): the first half continues, the second is a
+"""Splitting the channels in half (a level's last step): the first half continues, the second is a
 latent."""
 
 import dataclasses

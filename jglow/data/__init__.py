@@ -1,4 +1,4 @@
-"""Data for jglow (SPEC §4–5): the `MapSet` record, synthetic CAMELS-like maps with an exact
+"""Data for jglow: the `MapSet` record, synthetic CAMELS-like maps with an exact
 likelihood, loaders of the real CAMELS files, the data recipe every run shares (`recipe`: data
 specs, the split's constants), preprocessing, splits and augmentation.
 

@@ -1,4 +1,4 @@
-"""Augmentation by the exact symmetries of periodic maps (SPEC §4)."""
+"""Augmentation by the exact symmetries of periodic maps."""
 
 import jax
 import jax.numpy as jnp

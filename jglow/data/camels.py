@@ -1,4 +1,4 @@
-"""Loaders for the real CAMELS HI maps in the two layouts of SPEC §4.
+"""Loaders for the real CAMELS HI maps in their two layouts.
 
 * CAMELS Multifield Dataset: `Maps_HI_<suite>_LH_z=0.00.npy` (`(N, 256, 256)` float32) with
   `params_LH_<suite>.txt` (whitespace table, one row per simulation, the six physical

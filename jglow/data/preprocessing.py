@@ -1,4 +1,4 @@
-r"""Invertible, savable preprocessing of raw maps and physical parameters (SPEC §4).
+r"""Invertible, savable preprocessing of raw maps and physical parameters.
 
 Maps: `y = log10(map)` (dex), `u = (y − center) / scale`, then
 

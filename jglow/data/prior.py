@@ -4,7 +4,7 @@ and `[−1, 1]^D`, and a Latin hypercube over the box."""
 import numpy as np
 
 PRIOR_BOX = ((0.1, 0.5), (0.6, 1.0))
-"""`((Ωm_min, Ωm_max), (σ8_min, σ8_max))`: the uniform prior of the CAMELS LH design (SPEC §4)."""
+"""`((Ωm_min, Ωm_max), (σ8_min, σ8_max))`: the uniform prior of the CAMELS LH design."""
 
 
 def to_unit_box(theta, low, high):

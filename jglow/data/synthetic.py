@@ -1,4 +1,4 @@
-r"""Synthetic CAMELS-like HI maps with an exact likelihood (SPEC §5).
+r"""Synthetic CAMELS-like HI maps with an exact likelihood.
 
 The generator, for maps of `n × n` pixels over a periodic box of side `L` Mpc/h
 (defaults `n = 64`, `L = 25`), with parameters `θ = (Ωm, σ8)`:

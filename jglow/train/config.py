@@ -158,11 +158,11 @@ def standard_preset() -> TrainConfig:
 
 
 def paper_preset() -> TrainConfig:
-    """SPEC §2: the HIGlow model and optimiser (Adam 3e-4, batch 64, clip 2, ×0.8 plateau).
+    """The HIGlow model and optimiser (Adam 3e-4, batch 64, clip 2, ×0.8 plateau).
 
     Flow steps are rematerialised in the backward pass (`remat_steps`): on the 2-core CPU this
-    made the step faster as well as smaller, 0.88–1.30 s against 1.28–1.83 s (README,
-    Performance).
+    made the step faster as well as smaller, 0.88–1.30 s against 1.28–1.83 s
+    (benchmarks/RESULTS.md, Training step).
     """
     return TrainConfig(model=dataclasses.replace(paper_config(), remat_steps=True))
 
