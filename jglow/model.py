@@ -28,15 +28,15 @@ saturate as the values grow, their scales fall to the clamp, and inverted coupli
 to 1000 each, 342 in the median). In each case the float32 error is the float64 one times the ratio
 of their roundings (~5e8): ill-conditioning, not a defect. What keeps a trained model
 well-conditioned is that it fits its data; the clamps only keep each step finite. Trained by the
-paper preset's optimiser on synthetic maps (8 maps a batch, a warm-up of 5 steps), the paper
-model's round trip errs by 0.2–0.9, with non-finite samples, while its validation NLL is still
-far above the data's (steps 15–45), then falls below 1e-4 as the NLL approaches it (from step
-~105; 1.3e-5 at step 150, which `tests/test_inverse.py` checks), where random moves of the
-parameters as large as training's err by more than 1e-3; with the preset's own batch and
-warm-up, 8.3e-6 after 200 steps (benchmarks/RESULTS.md). The likelihood stays sound throughout: at the worst of that phase
-float32 `log_prob` equals float64's to 4e-7 relative. The trainer's validation records and
-`python -m train.evaluate` report the round trip and the non-finite samples of the parameters at
-hand (`jglow.train.metrics.inverse_check`), with a warning beyond
+paper preset's optimiser on synthetic maps (8 maps a batch, a warm-up of 5 steps), the paper model's
+round trip errs by 0.2–0.9, with non-finite samples, while its validation NLL is still far above the
+data's (steps 15–45), then falls below 1e-4 as the NLL approaches it (from step ~105; 1.3e-5 at step
+150, which `tests/test_inverse.py` checks), where random moves of the parameters as large as
+training's err by more than 1e-3; with the preset's own batch and warm-up, 8.3e-6 after 200 steps
+(benchmarks/RESULTS.md). The likelihood stays sound throughout: at the worst of that phase float32
+`log_prob` equals float64's to 4e-7 relative. The trainer's validation records and `python -m
+train.evaluate` report the round trip and the non-finite samples of the parameters at hand
+(`jglow.train.metrics.inverse_check`), with a warning beyond
 `jglow.train.metrics.ROUND_TRIP_TOLERANCE`.
 """
 

@@ -29,9 +29,8 @@ import numpy as np
 import scipy.special
 from tqdm import tqdm
 
-from jglow import checks as model_checks
+from jglow import checks
 from jglow.data import PRIOR_BOX
-from jglow.posterior import checks
 
 LEVELS = (0.68, 0.95)
 """The credibility levels of the HPD regions reported."""
@@ -531,7 +530,7 @@ def grid_posteriors(log_likelihood, maps, grid=30, box=PRIOR_BOX, log_prior=None
     Returns:
       A list of `B` `GridPosterior`.
     """
-    maps = model_checks.raw_maps(maps)
+    maps = checks.raw_maps(maps)
     dim = len(box)
     if truths is not None:
         truths = checks.truths(truths, maps.shape[0], dim)

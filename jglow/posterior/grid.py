@@ -23,10 +23,9 @@ import numpy as np
 from jax import lax
 
 from jglow import backend, ensemble, model, native_coupling
-from jglow import checks as model_checks
+from jglow import checks
 from jglow.batching import padded_rows
 from jglow.compilation import jit
-from jglow.posterior import checks
 
 FUSED_EVALUATIONS_PER_CHUNK = 256
 """Most work per chunk by default, in (map, condition) pairs, where the fused coupling kernel runs
@@ -175,11 +174,11 @@ def grid_log_prob(params, x, zs, chunk_size=None):
       ValueError: wrong shapes, an empty `zs`, a non-finite value (naming the map or
         condition), a bad `chunk_size`.
     """
-    model_checks.check_params(params, ensembles=True)
+    checks.check_params(params, ensembles=True)
     config = params.config
     single = np.ndim(x) == 3
-    x = model_checks.model_maps(x, config.image_shape)
-    zs = model_checks.conditions(zs, config.cond_dim)
+    x = checks.model_maps(x, config.image_shape)
+    zs = checks.conditions(zs, config.cond_dim)
     size = (checks.chunk_size(chunk_size)
             or default_chunk_size(zs.shape[0], x.shape[0], params=params))
     out = grid_log_prob_unchecked(params, jnp.asarray(x), jnp.asarray(zs), min(size, zs.shape[0]))
