@@ -147,7 +147,7 @@ def standard_preset() -> TrainConfig:
     """The preset to infer with on 32×32 maps: circular padding (the maps are of a periodic box;
     on synthetic maps it took the quick model's NLL gap to the exact likelihood from 0.027 to
     0.002 bits/dim at 1,125 steps, benchmarks/RESULTS.md), fresh synthetic simulations every
-    epoch, a cosine learning-rate decay and an averaged model, 4,488 steps that train in about 14
+    epoch, a cosine learning-rate decay and an averaged model, 4,488 steps that train in about 10
     minutes on 2 CPU cores (README, Results, gives what it reaches against the exact
     likelihood)."""
     model = GlowConfig(image_shape=(32, 32, 1), levels=4, steps=6, hidden=32, cond_hidden=16,
@@ -186,7 +186,7 @@ def build_parser() -> argparse.ArgumentParser:
     add("--preset", choices=sorted(PRESETS), default="quick",
         help="quick: a demonstration (32×32 maps, 3 levels × 4 steps, a minute on a CPU); "
              "standard: 32×32 maps trained to be inferred with (fresh data, cosine decay, "
-             "averaged parameters; about 14 minutes on a 2-core CPU); paper: the HIGlow "
+             "averaged parameters; about 10 minutes on a 2-core CPU); paper: the HIGlow "
              "model (64×64, 6 levels × 20 steps, hidden 16) and optimiser")
     add("--data", default="synthetic",
         help="'synthetic' (the embedded CAMELS-like generator, with an exact likelihood) or a "
