@@ -84,14 +84,12 @@ def test_the_inverse_check_counts_non_finite_samples(trained):
     assert inverse_problems(check["round_trip_max_abs"], 8, 8) == ["8 of 8 samples are not finite"]
 
 
-
-
 PAPER_SIZE_RUN = ["--preset", "paper", "--n-sims", "10", "--batch-size", "8", "--max-steps", "150",
                   "--warmup-steps", "5", "--checkpoint-every", "0", "--figure-every", "0",
                   "--no-progress"]
 """The paper preset's model and optimiser (64×64, 6 levels × 20 steps, Adam 3e-4, clip 2) on 10
 synthetic simulations, 150 steps of 8 maps with a short warm-up: the validation NLL falls from
-+3.5 to about −1.4 bits/dim (the exact likelihood's is −1.9); about 80 s on 2 idle cores."""
++3.5 to about −1.4 bits/dim (the exact likelihood's is −1.9); about 90 s on 2 idle cores."""
 
 
 def test_a_trained_paper_size_model_keeps_the_round_trip_below_1e_4(tmp_path):
