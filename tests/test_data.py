@@ -198,7 +198,7 @@ def test_the_synthetic_data_spec_is_the_recipe_s_synthetic_maps():
 
 def test_unusable_data_specs_raise_naming_the_spec(tmp_path):
     with pytest.raises(FileNotFoundError,
-                       match=r"data '.*nowhere': expected 'synthetic'.*found no such file"):
+                       match=r"data '.*nowhere': expected a simulator.*found no such file"):
         data.load_mapset(str(tmp_path / "nowhere"), 8, 3)
     np.save(tmp_path / "Maps_HI_a.npy", np.ones((15, 12, 12), np.float32))
     with pytest.raises(data.DataSpecError,

@@ -154,7 +154,9 @@ def test_the_report_has_finite_numbers_and_its_figures(evaluated):
     assert report["health"]["n_samples"] == 30 + 2 * 4
     assert report["health"]["n_nonfinite"] == 0
     assert report["health"]["reconstruction"]["max_abs_model_space"] < 1e-4
-    assert report["inference"]["n_maps"] == 6 and set(report["inference"]) >= {"model", "exact"}
+    assert report["inference"]["n_maps"] == 6
+    assert set(report["inference"]) >= {"model", "exact", "baseline"}
+    assert (out / "baseline.json").is_file()  # fitted on the training split, for train.infer
     assert len(report["marginal"]["power"]["k"]) == math.isqrt(2 * 8**2)
 
 
@@ -171,7 +173,7 @@ def test_the_report_numbers_agree_with_their_definitions(evaluated):
     assert report["conditional"]["worst"][0]["r2"] == pytest.approx(min(per_sim["r2"]))
     exact = report["exact_generator"]["conditional"]["r2"]
     assert exact["median"] > 0.5  # the generator's own samples match its held-out maps
-    for name in ("model", "exact"):
+    for name in ("model", "exact", "baseline"):
         coverage = report["inference"][name]["coverage"]
         assert 0.0 <= coverage["0.68"]["empirical"] <= coverage["0.95"]["empirical"] <= 1.0
     assert f"{likelihood['gap_bits_per_dim']:.3g}" in markdown
@@ -200,6 +202,12 @@ def test_the_measured_calibration_is_in_the_headline_and_what_infer_prints(evalu
             f"deviation of the expected-coverage curve {model['max_deviation']:.3f}")
     assert line in report.headline(data).splitlines() and line in markdown
     assert "exact likelihood on held-out data (6 maps, this evaluation)" in markdown
+    assert "summary-statistic baseline on held-out data (6 maps, this evaluation)" in markdown
+    errors = data["inference"]["model"]["errors"]["Omega_m"]
+    baseline = data["inference"]["baseline"]["errors"]["Omega_m"]
+    assert (f"Model / summary-statistic baseline, RMS error / width: Omega_m "
+            f"{errors['rmse'] / baseline['rmse']:.3g} / "
+            f"{errors['mean_std'] / baseline['mean_std']:.3g}") in markdown
     expected_warnings = not (c68["is_nominal"] and c95["is_nominal"] and model["inside_band"])
     assert bool(report.warnings_of(data)) == expected_warnings
     record = json.loads((workdir / "model.json").read_text())
@@ -210,7 +218,8 @@ def test_the_measured_calibration_is_in_the_headline_and_what_infer_prints(evalu
     shutil.copy(workdir / "model.json", tmp_path / "model.json")
     lines, warnings = report.held_out_calibration(tmp_path)
     source = str(tmp_path / "evaluation" / "report.json")
-    assert lines[0] == line.replace("this evaluation", source) and len(lines) == 2
+    assert lines[0] == line.replace("this evaluation", source) and len(lines) == 3
+    assert lines[2].startswith(f"summary-statistic baseline on held-out data (6 maps, {source})")
     assert len(warnings) == len(report.warnings_of(data))
     assert report.held_out_calibration(tmp_path / "elsewhere") == (
         [f"no held-out calibration yet: run python -m train.evaluate --model "
@@ -253,7 +262,7 @@ def test_missing_workdir_and_unknown_data_are_refused_with_their_names(workdir, 
     assert evaluate.main(["--model", str(workdir), "--data", str(tmp_path / "nowhere.npy"),
                           *FAST]) == 2
     error = capsys.readouterr().err
-    assert "nowhere.npy" in error and "expected 'synthetic'" in error
+    assert "nowhere.npy" in error and "expected a simulator ('synthetic', 'hi-like')" in error
     assert evaluate.main(["--model", str(workdir), "--samples-per-sim", "1"]) == 2
     assert "--samples-per-sim 1: expected an integer >= 2" in capsys.readouterr().err
     assert evaluate.main(["--model", str(workdir), "--grid", "2"]) == 2

@@ -598,7 +598,7 @@ def test_fresh_data_gives_new_simulations_each_epoch_as_a_function_of_seed_and_e
 
 
 def test_fresh_data_is_refused_for_real_files(tmp_path):
-    with pytest.raises(UsageError, match="fresh data needs the synthetic generator"):
+    with pytest.raises(UsageError, match="fresh data needs a simulator"):
         tiny("--fresh-data", "--data", str(tmp_path))
 
 

@@ -12,6 +12,7 @@ import dataclasses
 from typing import Optional
 
 from jglow.config import PADDINGS, GlowConfig, paper_config
+from jglow.data.recipe import EXACT_LIKELIHOOD, SIMULATORS
 from jglow.train.cli import ArgumentParser, UsageError
 
 
@@ -21,11 +22,13 @@ class TrainConfig:
 
     Attributes:
       model: the architecture; `model.image_shape` is `(map_size, map_size, 1)`.
-      data: "synthetic" or the path of CAMELS maps (a `.npy` file or a folder holding one).
-      n_sims: synthetic simulations (15 maps each); ignored for real data.
+      data: a simulator ("synthetic": lognormal maps with an exact likelihood; "hi-like":
+        `jglow.data.hi_like`) or the path of CAMELS maps (a `.npy` file or a folder holding
+        one).
+      n_sims: simulations of a simulator (15 maps each); ignored for files.
       preprocessing: "minmax" or "sigmoid" (`jglow.data.fit_preprocessing`).
       augment: random cyclic shifts, flips and 90° rotations of training maps.
-      fresh_data: synthetic data only: every epoch trains on newly generated simulations (as
+      fresh_data: simulators only: every epoch trains on newly generated simulations (as
         many as the training split, parameters on a new Latin hypercube), so no map is seen
         twice; validation and test simulations are fixed.
       learning_rate: peak Adam learning rate, reached after `warmup_steps`.
@@ -95,9 +98,9 @@ class TrainConfig:
             raise UsageError(f"schedule {self.schedule!r}: expected one of {SCHEDULES}")
         if not 0.0 <= self.ema_decay < 1.0:
             raise UsageError(f"--ema-decay must be in [0, 1), got {self.ema_decay!r}")
-        if self.fresh_data and self.data != "synthetic":
-            raise UsageError(f"fresh data needs the synthetic generator; --data is "
-                             f"{self.data!r}")
+        if self.fresh_data and self.data not in SIMULATORS:
+            raise UsageError(f"fresh data needs a simulator {SIMULATORS}; --data is "
+                             f"{self.data!r}, a fixed set of maps")
         if not 0.0 < self.plateau_factor < 1.0 or not self.clip_norm > 0.0:
             raise UsageError(f"need plateau_factor in (0, 1) and clip_norm > 0, got "
                              f"{self.plateau_factor} and {self.clip_norm}")
@@ -189,11 +192,13 @@ def build_parser() -> argparse.ArgumentParser:
              "averaged parameters; about 10 minutes on a 2-core CPU); paper: the HIGlow "
              "model (64×64, 6 levels × 20 steps, hidden 16) and optimiser")
     add("--data", default="synthetic",
-        help="'synthetic' (the embedded CAMELS-like generator, with an exact likelihood) or a "
-             "path: a CAMELS .npy of maps (parameter file beside it) or a folder holding one")
+        help="a simulator: 'synthetic' (lognormal CAMELS-like maps with an exact likelihood) "
+             "or 'hi-like' (HI-like maps from 2LPT density with four feedback parameters); or "
+             "a path: a CAMELS .npy of maps (parameter file beside it) or a folder holding one")
     add("--map-size", type=int, help="pixels per side of the maps the model sees; real maps "
         "are block-averaged down to it (default: the preset's, 32 quick / 64 paper)")
-    add("--n-sims", type=int, help="synthetic simulations of 15 maps each (default: preset's)")
+    add("--n-sims", type=int, help="simulations of a simulator, 15 maps each (default: "
+        "preset's)")
     add("--levels", type=int, help="override: squeeze/split levels L")
     add("--steps", type=int, help="override: flow steps K per level (not training steps)")
     add("--hidden", type=int, help="override: hidden channels of the conditioner CNNs")
@@ -213,8 +218,8 @@ def build_parser() -> argparse.ArgumentParser:
         "at epoch ends)")
     add("--figure-every", type=int, help="epochs between figure updates (0: no figures)")
     add("--fresh-data", action=argparse.BooleanOptionalAction, default=None,
-        help="synthetic data: train every epoch on newly generated simulations, never "
-             "repeating a map (default: the preset's)")
+        help="simulators: train every epoch on newly generated simulations, never "
+             "repeating a map (default: the preset's on the synthetic data, else off)")
     add("--schedule", choices=SCHEDULES, help="learning rate after the warm-up: the paper's "
         "reduce-on-plateau, or a cosine decay to the floor at the last step (default: "
         "the preset's)")
@@ -276,5 +281,17 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
         raise UsageError(f"invalid model flags {model_changes}: {error}") from error
     changes = {field: getattr(args, flag) for flag, field in _OVERRIDES.items()
                if getattr(args, flag) is not None}
+    if args.data != EXACT_LIKELIHOOD and args.fresh_data is None:
+        changes["fresh_data"] = False  # a preset's fresh data is a lever of the lognormal maps
     return dataclasses.replace(config, model=model, data=args.data,
                                augment=not args.no_augment, **changes)
+
+
+def data_line(config: TrainConfig) -> str:
+    """One line saying what the run trains on: fresh or fixed simulations, or a file."""
+    if config.fresh_data:
+        return (f"data: {config.data}, {config.n_sims} simulations, new training simulations "
+                f"every epoch")
+    if config.data in SIMULATORS:
+        return f"data: {config.data}, a fixed set of {config.n_sims} simulations"
+    return f"data: the fixed set of simulations in {config.data}"

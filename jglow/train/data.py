@@ -15,9 +15,10 @@ from typing import NamedTuple, Optional
 
 import numpy as np
 
-from jglow.data import (BOX_SIZE, MAPS_PER_SIM, SPLIT_FRACTIONS, SPLIT_SEED, SYNTHETIC_SEED,
-                        MapSet, Preprocessing, fit_preprocessing, load_mapset,
-                        split_by_simulation, synthetic_log_prob, synthetic_maps)
+from jglow.data import (BOX_SIZE, SPLIT_FRACTIONS, SPLIT_SEED, SYNTHETIC_SEED, MapSet,
+                        Preprocessing, fit_preprocessing, load_mapset, split_by_simulation,
+                        synthetic_log_prob)
+from jglow.data.recipe import EXACT_LIKELIHOOD, simulate
 from jglow.data.validation import map_chunks
 from jglow.train.config import TrainConfig, UsageError
 
@@ -90,7 +91,7 @@ def prepare(config: TrainConfig) -> Data:
     preprocessing = fit_preprocessing(train_set.maps, config.preprocessing)
     train = _model_space(train_set, preprocessing, keep_maps=False)
     val = _model_space(val_set, preprocessing, keep_maps=True)
-    exact = exact_nll(val, preprocessing) if config.data == "synthetic" else None
+    exact = exact_nll(val, preprocessing) if config.data == EXACT_LIKELIHOOD else None
     return Data(train, val, preprocessing, exact, np.unique(test_set.sim))
 
 
@@ -107,15 +108,14 @@ def fingerprint(data: Data) -> str:
 
 def epoch_training_set(config: TrainConfig, data: Data, epoch: int) -> Split:
     """The training maps of epoch `epoch`: `data.train`, or with `config.fresh_data` as many new
-    synthetic simulations as it holds (a new Latin hypercube over the prior box, preprocessed by
-    `data.preprocessing`), a function of `(config.seed, epoch)` only, so a resumed run sees the
-    same maps."""
+    simulations of the simulator `config.data` as it holds (a new Latin hypercube over the prior
+    box, preprocessed by `data.preprocessing`), a function of `(config.seed, epoch)` only, so a
+    resumed run sees the same maps."""
     if not config.fresh_data:
         return data.train
     n_sims = len(np.unique(data.train.sim))
     seed = [SYNTHETIC_SEED, FRESH_DATA_STREAM, config.seed, epoch]
-    mapset = synthetic_maps(n_sims, MAPS_PER_SIM, size=config.model.image_shape[0],
-                            box_size=BOX_SIZE, seed=seed)
+    mapset = simulate(config.data, n_sims, config.model.image_shape[0], seed)
     return _model_space(mapset, data.preprocessing, keep_maps=False)
 
 

@@ -1,6 +1,6 @@
 """`python -m train.evaluate`: is the emulator right? One report of a trained model.
 
-    python -m train.evaluate --model WORKDIR [--data synthetic|PATH] [--out DIR] [options]
+    python -m train.evaluate --model WORKDIR [--data synthetic|hi-like|PATH] [--out DIR] [options]
 
 The held-out maps are the test split of the data (`jglow.data.recipe`: split by simulation with
 `SPLIT_SEED`; never trained on, never used to choose the model), by default the run's own data
@@ -64,9 +64,11 @@ import jglow
 from jglow import backend, posterior
 from jglow.batching import padded_rows
 from jglow.compilation import jit
-from jglow.data import (BOX_SIZE, SPLIT_FRACTIONS, SPLIT_SEED, load_mapset, sample_synthetic,
-                        split_by_simulation)
+from jglow.data import (BOX_SIZE, SPLIT_FRACTIONS, SPLIT_SEED, MapSet, load_mapset,
+                        sample_synthetic, split_by_simulation)
+from jglow.data.recipe import EXACT_LIKELIHOOD
 from jglow.posterior.density import parameter_names
+from jglow.posterior.summary import SummaryLikelihood, fit_summary_likelihood
 from jglow.saving import TrainedModel
 from jglow.stats import (ks_distance, mean_std_power, pixel_pdfs, power_spectrum, r2_score,
                          score_summary, spectrum_ratios, within_standard_errors)
@@ -115,10 +117,11 @@ def run_config(workdir) -> TrainConfig:
     return TrainConfig.from_identity(json.loads(path.read_text()))
 
 
-def held_out(config: TrainConfig, model: TrainedModel) -> Split:
-    """The test split of `config.data` in model space under `model.preprocessing`."""
+def held_out(config: TrainConfig, model: TrainedModel) -> tuple:
+    """`(test Split in model space under model.preprocessing, training MapSet)` of the data
+    `config.data`, split by simulation as the run split it."""
     mapset = load_mapset(config.data, config.model.image_shape[0], config.n_sims)
-    test = split_by_simulation(mapset, SPLIT_FRACTIONS, SPLIT_SEED)[2]
+    train, _, test = split_by_simulation(mapset, SPLIT_FRACTIONS, SPLIT_SEED)
     sims, counts = np.unique(test.sim, return_counts=True)
     if not len(sims) or counts.min() < 2:
         raise UsageError(f"{config.data}: the test split holds {len(test)} maps of {len(sims)} "
@@ -126,7 +129,15 @@ def held_out(config: TrainConfig, model: TrainedModel) -> Split:
     maps = np.asarray(test.maps)
     x = np.asarray(model.preprocessing.forward_maps(maps))
     z = np.asarray(model.preprocessing.forward_params(test.params))
-    return Split(x, z, maps, np.asarray(test.params), np.asarray(test.sim))
+    return Split(x, z, maps, np.asarray(test.params), np.asarray(test.sim)), train
+
+
+def fitted_baseline(train: MapSet, box, out: pathlib.Path) -> SummaryLikelihood:
+    """The summary-statistic baseline (`jglow.posterior.summary`) fitted on the training maps
+    `train` over the prior `box`, saved to `out / report.BASELINE_FILE` for `train.infer`."""
+    baseline = fit_summary_likelihood(np.asarray(train.maps), train.params, box, BOX_SIZE)
+    baseline.save(out / report.BASELINE_FILE)
+    return baseline
 
 
 def spread_maps(sim, n) -> np.ndarray:
@@ -279,13 +290,16 @@ def calibration_entry(calibration_summary) -> dict:
 # --- the sections ----------------------------------------------------------------------------
 
 class Context(NamedTuple):
-    """What every section needs: the model, held-out maps, options, output folder."""
+    """What every section needs: the model, held-out maps, options, output folder, and the
+    likelihoods the model's posteriors are compared with (`{"exact": …}` on the synthetic
+    data, `{"baseline": …}` always)."""
 
     model: TrainedModel
     held: Split
     options: Options
     out: pathlib.Path
     synthetic: bool
+    references: dict
 
 
 def sample_sets(ctx: Context) -> dict:
@@ -373,21 +387,21 @@ def likelihood_section(ctx: Context) -> dict:
 
 
 def inference_section(ctx: Context) -> dict:
-    """Grid posteriors of `n_maps` held-out maps by `train.infer` (beside the exact likelihood's
-    on synthetic data): HPD coverage, posterior-mean errors and widths."""
+    """Grid posteriors of `n_maps` held-out maps by `train.infer`, beside those of the
+    reference likelihoods (`Context.references`): HPD coverage, posterior-mean errors and
+    widths."""
     chosen = spread_maps(ctx.held.sim, ctx.options.n_maps)
     maps, truths = ctx.held.maps[chosen], ctx.held.params[chosen].astype(np.float64)
     out = ctx.out / "inference"
-    exact = posterior.SyntheticLikelihood(BOX_SIZE) if ctx.synthetic else None
     grid, zoom = ctx.options.grid, ctx.options.zoom
+    names = ["model", *ctx.references]
     if ctx.options.progress:
         tqdm.write(f"posteriors of {len(chosen)} maps on {'zoomed grids of ' if zoom else 'a '}"
-                   f"{grid}×{grid}{' evaluations' if zoom else ' grid'}"
-                   f"{' (model and exact)' if exact else ''}...", file=sys.stderr)
-    summary = infer.infer(ctx.model, maps, str(out), truths, exact, grid,
+                   f"{grid}×{grid}{' evaluations' if zoom else ' grid'} "
+                   f"({', '.join(names)})...", file=sys.stderr)
+    summary = infer.infer(ctx.model, maps, str(out), truths, ctx.references, grid,
                           figures=ctx.options.figures, progress=ctx.options.progress, zoom=zoom)
     records = [json.loads((out / f"map_{i:04d}.json").read_text()) for i in range(len(chosen))]
-    names = ["model"] + (["exact"] if exact else [])
     return {"n_maps": len(chosen), "grid": grid, "grid_shape": summary["grid_shape"],
             "zoom": summary["zoom"], "min_cells_per_std": summary["min_cells_per_std"],
             "n_nonfinite": summary["n_nonfinite"],
@@ -442,7 +456,8 @@ def check_options(options: Options) -> None:
 
 
 def load_inputs(options: Options) -> tuple:
-    """`(model, config with the evaluated data, held-out Split)` for `options`."""
+    """`(model, config with the evaluated data, held-out Split, training MapSet)` for
+    `options`."""
     workdir = pathlib.Path(options.model)
     if not workdir.is_dir():
         raise UsageError(f"--model {options.model!r}: no such directory; expected the workdir "
@@ -454,7 +469,7 @@ def load_inputs(options: Options) -> tuple:
                          f"model is {model.config}")
     if options.data is not None:
         config = dataclasses.replace(config, data=options.data)
-    return model, config, held_out(config, model)
+    return (model, config, *held_out(config, model))
 
 
 def command_line(options: Options) -> str:
@@ -472,12 +487,11 @@ def evaluate(options: Options) -> dict:
     """Write the report of `options.model` (module docstring); returns the report dict."""
     check_options(options)
     started = time.perf_counter()
-    model, config, held = load_inputs(options)
+    model, config, held, train = load_inputs(options)
     command = command_line(options)
     options = options._replace(batch=options.batch or default_batch(model.params))
     out = pathlib.Path(options.out or pathlib.Path(options.model) / "evaluation")
     out.mkdir(parents=True, exist_ok=True)
-    ctx = Context(model, held, options, out, config.data == "synthetic")
     timing = {}
 
     def timed(name, fn, *args):
@@ -486,6 +500,11 @@ def evaluate(options: Options) -> dict:
         timing[name] = time.perf_counter() - start
         return result
 
+    synthetic = config.data == EXACT_LIKELIHOOD
+    references = {"exact": posterior.SyntheticLikelihood(BOX_SIZE)} if synthetic else {}
+    references["baseline"] = timed("baseline_fit", fitted_baseline, train,
+                                   model.preprocessing.box, out)
+    ctx = Context(model, held, options, out, synthetic, references)
     samples = timed("sampling", sample_sets, ctx)
     held_log = figures.log10_maps(model.preprocessing, held.x)
     k, held_pk = spectra_of(held_log)
@@ -516,7 +535,7 @@ def parse_args(argv=None) -> Options:
     parser = cli.ArgumentParser(description=__doc__.split("\n\n")[0])
     add = parser.add_argument
     add("--model", required=True, help="workdir of a training run (python -m train.main)")
-    add("--data", help="'synthetic' or a CAMELS maps path; its test split is evaluated "
+    add("--data", help="a simulator ('synthetic', 'hi-like') or a CAMELS maps path; its test split is evaluated "
         "(default: the run's own data)")
     add("--out", help="output folder (default: WORKDIR/evaluation)")
     defaults = Options._field_defaults

@@ -82,30 +82,33 @@ def _write_json(path, data):
         json.dump(data, f, indent=2)
 
 
-def _write_map(out_dir, i, post, truth, reference, estimate, figure):
-    """`map_NNNN.json` (and `map_NNNN.png` if `figure`) for map `i`."""
-    record = {"index": i, "model": post.summary(truth)}
-    if reference is not None:
-        record["exact"] = reference.summary(truth)
+REFERENCE_LABELS = {"exact": "exact likelihood", "baseline": "power spectrum + moments"}
+"""How figures name the reference likelihoods a model's posteriors are compared with."""
+
+
+def _write_map(out_dir, i, post, truth, references, estimate, figure):
+    """`map_NNNN.json` (and `map_NNNN.png` if `figure`) for map `i`; `references` maps a name
+    to that likelihood's posterior of the same map."""
+    record = {"index": i, "model": post.summary(truth),
+              **{name: ref.summary(truth) for name, ref in references.items()}}
     if estimate is not None:
         record["gradient_map"] = {"theta": estimate.theta.tolist(),
                                   "log_posterior": estimate.log_posterior}
     _write_json(os.path.join(out_dir, f"map_{i:04d}.json"), record)
     if figure:
+        name, reference = next(iter(references.items()), (None, None))
         fig = posterior.plot_posterior(post, truth, reference, title=f"map {i}", label="model",
-                                       reference_label="exact")
+                                       reference_label=REFERENCE_LABELS.get(name, name))
         fig.savefig(os.path.join(out_dir, f"map_{i:04d}.png"), dpi=100)
 
 
-def _write_tables(out_dir, posteriors, references, truths):
-    """`posteriors.npz`, for the model (and the exact likelihood), `SET` = `model` (`exact`):
-    `SET_axis_NAME` `(N, n_NAME)` each map's grid axis (a zoomed grid is each map's own),
-    `SET_log_likelihood` `(N, n_Ωm, n_σ8)` nats and `SET_truth_log_likelihood` `(N,)` at the
-    truths; `truths` `(N, 2)` physical."""
+def _write_tables(out_dir, sets, truths):
+    """`posteriors.npz`, for each named set of posteriors `SET` of `sets` (`model`, and the
+    references such as `exact` or `baseline`): `SET_axis_NAME` `(N, n_NAME)` each map's grid
+    axis (a zoomed grid is each map's own), `SET_log_likelihood` `(N, n_Ωm, n_σ8)` nats and
+    `SET_truth_log_likelihood` `(N,)` at the truths; `truths` `(N, 2)` physical."""
     tables = {}
-    for label, posts in (("model", posteriors), ("exact", references)):
-        if posts is None:
-            continue
+    for label, posts in sets.items():
         for d, name in enumerate(posts[0].names):
             tables[f"{label}_axis_{name}"] = np.stack([p.axes[d] for p in posts])
         tables[f"{label}_log_likelihood"] = np.stack([p.log_likelihood for p in posts])
@@ -117,12 +120,10 @@ def _write_tables(out_dir, posteriors, references, truths):
     np.savez(os.path.join(out_dir, "posteriors.npz"), **tables)
 
 
-def _write_coverage(out_dir, posteriors, references) -> dict:
-    """`coverage.json` and `coverage.png` of the model (and exact) posteriors, whose truths were
+def _write_coverage(out_dir, sets) -> dict:
+    """`coverage.json` and `coverage.png` of each named set of posteriors, whose truths were
     evaluated; their `Calibration.summary()`s by name."""
-    calibrations = {"model": posterior.calibrate(posteriors)}
-    if references is not None:
-        calibrations["exact"] = posterior.calibrate(references)
+    calibrations = {name: posterior.calibrate(posts) for name, posts in sets.items()}
     coverage = {name: c.summary() for name, c in calibrations.items()}
     _write_json(os.path.join(out_dir, "coverage.json"), coverage)
     posterior.plot_coverage(calibrations).savefig(os.path.join(out_dir, "coverage.png"), dpi=100)
@@ -148,7 +149,7 @@ def _grid_summary(grid, zoom, sets) -> dict:
     return out
 
 
-def infer(model, maps, out_dir, truths=None, exact=None, grid=30, chunk_size=None,
+def infer(model, maps, out_dir, truths=None, references=None, grid=30, chunk_size=None,
           map_batch=None, figures=10, refine=False, progress=True, zoom=True) -> dict:
     """Grid posteriors of `maps` under `model`, written to `out_dir` (module docstring).
 
@@ -158,7 +159,9 @@ def infer(model, maps, out_dir, truths=None, exact=None, grid=30, chunk_size=Non
       maps: raw maps `(N, H, W)`.
       out_dir: output directory (created).
       truths: physical `(N, 2)` truths, or `None`; the likelihoods are evaluated there too.
-      exact: a log-likelihood of the same maps to compare against (e.g. `SyntheticLikelihood`).
+      references: `{name: log-likelihood}` of the same maps to compare against on the same
+        grids, e.g. `{"exact": SyntheticLikelihood()}` or `{"baseline": SummaryLikelihood}`
+        (`jglow.posterior.summary`); the first is drawn in the posterior figures.
       grid: `jglow.posterior.grid_axes` argument over the model's prior box; with `zoom`, the
         budget of evaluations per map (`jglow.posterior.zoom_counts`).
       chunk_size: conditions per chunk in `grid_log_prob` (None: its default for the backend);
@@ -168,7 +171,8 @@ def infer(model, maps, out_dir, truths=None, exact=None, grid=30, chunk_size=Non
       progress: show progress bars of the likelihood calls.
       zoom: a coarse pass, then a fine grid per map where its posterior is (default).
     Returns:
-      The summary dict (also written to `summary.json`).
+      The summary dict (also written to `summary.json`); `summary["coverage"]` holds each
+      set's calibration by name when truths are known.
     Raises:
       InputError: maps not of shape `(N, H, W)` with the model's `H, W`.
     """
@@ -181,24 +185,23 @@ def infer(model, maps, out_dir, truths=None, exact=None, grid=30, chunk_size=Non
     map_batch = map_batch or default_map_batch(model.params, points_per_map(grid, zoom, box))
     likelihood = posterior.ModelLikelihood(model.params, model.preprocessing, chunk_size)
     options = dict(grid=grid, box=box, map_batch=map_batch, truths=truths, zoom=zoom)
-    posteriors = posterior.grid_posteriors(likelihood, maps, **options,
-                                           progress="model posteriors" if progress else None)
-    references = (None if exact is None else
-                  posterior.grid_posteriors(exact, maps, **options,
-                                            progress="exact posteriors" if progress else None))
+    sets = {name: posterior.grid_posteriors(fn, maps, **options,
+                                            progress=f"{name} posteriors" if progress else None)
+            for name, fn in {"model": likelihood, **(references or {})}.items()}
+    posteriors = sets["model"]
     for i, post in enumerate(posteriors):
         estimate = (posterior.gradient_map(likelihood, maps[i], init=post.map_estimate, box=box)
                     if refine else None)
         _write_map(out_dir, i, post, None if truths is None else truths[i],
-                   None if references is None else references[i], estimate, i < figures)
-    _write_tables(out_dir, posteriors, references, truths)
-    sets = {"model": posteriors, **({} if references is None else {"exact": references})}
+                   {name: posts[i] for name, posts in sets.items() if name != "model"},
+                   estimate, i < figures)
+    _write_tables(out_dir, sets, truths)
     summary = {"n_maps": len(posteriors), "out_dir": out_dir,
                **_grid_summary(grid, zoom, sets),
                "n_nonfinite": int(sum(p.n_nonfinite for p in posteriors)),
                "outside_box": posteriors[0].outside_box}
     if truths is not None and len(posteriors) >= 2:
-        summary["coverage"] = _write_coverage(out_dir, posteriors, references)
+        summary["coverage"] = _write_coverage(out_dir, sets)
     _write_json(os.path.join(out_dir, "summary.json"), summary)
     return summary
 
@@ -250,7 +253,6 @@ def run(argv=None) -> dict:
     """
     args = parse_args(argv)
     model = load(args.model)
-    exact = None
     if args.synthetic:
         height, width, _ = model.params.config.image_shape
         if height != width:
@@ -259,12 +261,15 @@ def run(argv=None) -> dict:
         held_out = synthetic_maps(args.synthetic, 1, size=height, box_size=args.box_size,
                                   seed=args.seed)
         maps, truths = np.asarray(held_out.maps), np.asarray(held_out.params, np.float64)
-        exact = posterior.SyntheticLikelihood(args.box_size)
     else:
         maps, truths = load_maps(args.map, args.params)
     grid = args.grid[0] if len(args.grid) == 1 else tuple(args.grid)
-    summary = infer(model, maps, args.out or os.path.join(args.model, "inference"), truths, exact,
-                    grid, args.chunk_size, args.map_batch, args.figures, args.refine,
+    references = {"exact": posterior.SyntheticLikelihood(args.box_size)} if args.synthetic else {}
+    baseline = report.saved_baseline(args.model)
+    if baseline is not None:
+        references["baseline"] = baseline
+    summary = infer(model, maps, args.out or os.path.join(args.model, "inference"), truths,
+                    references, grid, args.chunk_size, args.map_batch, args.figures, args.refine,
                     zoom=not args.no_zoom)
     if summary["n_nonfinite"]:
         print(f"warning: {summary['n_nonfinite']} non-finite log-likelihoods on the grids "

@@ -35,7 +35,7 @@ from jglow.data import DataSpecError
 from jglow.saving import TrainedModel
 from jglow.train import checkpoints, cli, figures, memory, multihost, parallel
 from jglow.train.config import (PRESET_NOTES, TrainConfig, UsageError, build_parser,
-                          config_from_args)
+                                config_from_args, data_line)
 from jglow.train.data import (Data, batch_indices, epoch_training_set, fingerprint, prepare,
                               steps_per_epoch)
 from jglow.train.metrics import MetricsLog, inverse_check, inverse_problems, mean_nll, nll_sum
@@ -413,6 +413,7 @@ def run(config: TrainConfig, workdir, accelerator: Optional[str] = None,
     manager = checkpoints.open_manager(workdir, config.keep_checkpoints)
     ctx = _Run(config, workdir, mesh, data, main_process, MetricsLog(workdir, main_process),
                manager, per_epoch, exact, figures.choose(data.val), stop or NoSignals())
+    _say(ctx, data_line(config))
     _say(ctx, f"{len(data.train.x)} training / {len(data.val.x)} validation maps "
               f"({per_epoch} steps per epoch) on {mesh.size} {mesh.devices.flat[0].platform} "
               f"device(s); workdir {workdir}")

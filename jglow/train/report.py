@@ -13,12 +13,18 @@ import pathlib
 import matplotlib.ticker
 import numpy as np
 
+from jglow.posterior.summary import SummaryLikelihood
 from jglow.saving import CONFIG_FILE
 from jglow.train import figures
 from jglow.train.figures import DPI, plt
 from jglow.train.metrics import inverse_problems, json_safe
 
 MODEL_COLOUR, EXACT_COLOUR = "C1", "0.4"
+LIKELIHOOD_LABELS = {"model": "calibration", "exact": "exact likelihood",
+                     "baseline": "summary-statistic baseline"}
+"""The likelihoods an evaluation may hold, in the order reported, with their labels."""
+BASELINE_FILE = "baseline.json"
+"""The fitted summary-statistic baseline in `WORKDIR/evaluation` (`SummaryLikelihood.save`)."""
 
 
 # --- figures ---------------------------------------------------------------------------------
@@ -205,7 +211,7 @@ def _likelihood_lines(likelihood) -> list:
 
 
 def _inference_lines(inference) -> list:
-    names = [name for name in ("model", "exact") if name in inference]
+    names = [name for name in LIKELIHOOD_LABELS if name in inference]
     coverage = [[name, *(f"{_number(c['empirical'])} ({_number(c['interval'][0])}–"
                          f"{_number(c['interval'][1])}){'' if c['is_nominal'] else ' ✗'}"
                          for c in inference[name]["coverage"].values()),
@@ -235,10 +241,25 @@ def _inference_lines(inference) -> list:
             + ["", "Posterior mean − truth and posterior width, in the parameters' units:", ""]
             + _table(["likelihood", "parameter", "bias", "RMS error", "mean posterior std"],
                      errors)
+            + _relative_lines(inference)
             + ["", "The expected-coverage curve (fraction of truths inside the HPD region at "
                "each level) with its band, and the marginal rank histograms with the 99% band "
                "of a bin's count:", "", "![coverage](inference/coverage.png)", ""]
             + [f"![posterior]({path})" for path in inference["figures"]])
+
+
+def _relative_lines(inference) -> list:
+    """The model's RMS error and width as multiples of each reference's (exact, baseline)."""
+    lines = []
+    for name in ("exact", "baseline"):
+        if name not in inference:
+            continue
+        model, reference = inference["model"]["errors"], inference[name]["errors"]
+        ratios = ", ".join(f"{parameter} {_number(e['rmse'] / reference[parameter]['rmse'], 3)}"
+                           f" / {_number(e['mean_std'] / reference[parameter]['mean_std'], 3)}"
+                           for parameter, e in model.items())
+        lines += ["", f"Model / {LIKELIHOOD_LABELS[name]}, RMS error / width: {ratios}."]
+    return lines
 
 
 def _health_lines(health) -> list:
@@ -258,12 +279,13 @@ def _percent(level) -> str:
 
 def calibration_text(inference, source) -> tuple:
     """`(lines, warnings)` on the calibration in the `inference` section of an evaluation
-    report (JSON-ready): per likelihood (model, then exact if present) one line with the 68% and
+    report (JSON-ready): per likelihood (model, then the exact likelihood and the summary-statistic
+    baseline where present) one line with the 68% and
     95% HPD coverage, their 99% binomial intervals and the largest deviation of the
     expected-coverage curve; `warning:` lines when the model's coverage at a level, or its
     curve, leaves the band. `source` names where the numbers come from."""
     lines, warnings = [], []
-    for name, label in (("model", "calibration"), ("exact", "exact likelihood")):
+    for name, label in LIKELIHOOD_LABELS.items():
         if name not in inference:
             continue
         entry = inference[name]
@@ -287,6 +309,13 @@ def calibration_text(inference, source) -> tuple:
             warnings.append(f"warning: the model's posteriors are not calibrated on held-out "
                             f"data ({source}): " + "; ".join(outside))
     return lines, warnings
+
+
+def saved_baseline(workdir):
+    """The summary-statistic baseline fitted by `python -m train.evaluate` on the workdir's
+    training split (`WORKDIR/evaluation/baseline.json`), or None if there is none yet."""
+    path = pathlib.Path(workdir) / "evaluation" / BASELINE_FILE
+    return SummaryLikelihood.load(path) if path.is_file() else None
 
 
 def held_out_calibration(workdir) -> tuple:
