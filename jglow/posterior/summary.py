@@ -40,6 +40,8 @@ from jglow.stats import power_spectrum
 N_POWER_BINS = 8
 MOMENTS = ("mean", "log_std", "skewness", "excess_kurtosis")
 N_STATISTICS = N_POWER_BINS + len(MOMENTS)
+STATISTICS_CHUNK = 512
+"""Maps whose statistics are computed at a time (bounded memory for any number of maps)."""
 
 
 def power_bin_edges(size, n_bins=N_POWER_BINS):
@@ -68,14 +70,20 @@ def summary_statistics(maps, box_size=25.0):
     maps = np.asarray(maps)
     if maps.ndim != 3 or maps.shape[1] != maps.shape[2]:
         raise InputError(f"maps must have shape (N, n, n), got {maps.shape}")
+    edges = power_bin_edges(maps.shape[1])
+    return np.concatenate([_statistics(maps[start:start + STATISTICS_CHUNK], edges, box_size)
+                           for start in range(0, len(maps), STATISTICS_CHUNK)])
+
+
+def _statistics(maps, edges, box_size):
+    """`summary_statistics` of a few maps `(N, n, n)` with power bins `edges`."""
     y = np.log10(maps.astype(np.float64))
     _, pk, modes = power_spectrum(y, box_size)
     pk, modes = np.asarray(pk, np.float64), np.asarray(modes, np.float64)
-    edges = power_bin_edges(maps.shape[1])
     index = np.arange(1, pk.shape[1] + 1)  # Pylians bin i holds floor(|k| / kF) = i
-    binned = np.stack([(pk[:, (index >= lo) & (index < hi)] * modes[(index >= lo) & (index < hi)])
-                       .sum(axis=1) / modes[(index >= lo) & (index < hi)].sum()
-                       for lo, hi in zip(edges[:-1], edges[1:])], axis=1)
+    groups = [(index >= lo) & (index < hi) for lo, hi in zip(edges[:-1], edges[1:])]
+    binned = np.stack([(pk[:, g] * modes[g]).sum(axis=1) / modes[g].sum() for g in groups],
+                      axis=1)
     pixels = y.reshape(len(y), -1)
     mean = pixels.mean(axis=1)
     centred = pixels - mean[:, None]

@@ -64,7 +64,8 @@ def claim_workdir(workdir, config: TrainConfig, overwrite: bool, write: bool = T
     run_file = workdir / RUN_FILE
     wanted = json.loads(json.dumps(config.identity()))
     if run_file.is_file():
-        differences = _differences(json.loads(run_file.read_text()), wanted)
+        differences = _differences(TrainConfig.with_defaults(json.loads(run_file.read_text())),
+                                   wanted)
         if differences and not overwrite:
             raise UsageError(
                 f"workdir {workdir} holds a run with a different configuration "

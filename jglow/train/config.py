@@ -31,6 +31,10 @@ class TrainConfig:
       fresh_data: simulators only: every epoch trains on newly generated simulations (as
         many as the training split, parameters on a new Latin hypercube), so no map is seen
         twice; validation and test simulations are fixed.
+      condition_noise: standard deviation of Gaussian noise added to each training map's
+        conditions at every step, in the box coordinates `[−1, 1]` (0: none). The model then
+        learns the likelihood smoothed over that scale in θ, so that with a fixed set of
+        simulations it varies smoothly between them instead of peaking at each.
       learning_rate: peak Adam learning rate, reached after `warmup_steps`.
       batch_size: global batch (all devices and processes together).
       clip_norm: gradients are clipped to this global norm.
@@ -57,6 +61,7 @@ class TrainConfig:
     preprocessing: str = "minmax"
     augment: bool = True
     fresh_data: bool = False
+    condition_noise: float = 0.0
     learning_rate: float = 3e-4
     batch_size: int = 64
     clip_norm: float = 2.0
@@ -96,6 +101,9 @@ class TrainConfig:
                              f"{self.min_learning_rate} and {self.learning_rate}")
         if self.schedule not in SCHEDULES:
             raise UsageError(f"schedule {self.schedule!r}: expected one of {SCHEDULES}")
+        if not 0.0 <= self.condition_noise < 1.0:
+            raise UsageError(f"--condition-noise must be in [0, 1) (box coordinates), got "
+                             f"{self.condition_noise!r}")
         if not 0.0 <= self.ema_decay < 1.0:
             raise UsageError(f"--ema-decay must be in [0, 1), got {self.ema_decay!r}")
         if self.fresh_data and self.data not in SIMULATORS:
@@ -119,6 +127,14 @@ class TrainConfig:
             record.pop(name)
         record["model"]["image_shape"] = list(self.model.image_shape)
         return record
+
+    @staticmethod
+    def with_defaults(record: dict) -> dict:
+        """An `identity` record written before some fields existed, with those fields at their
+        defaults (the behaviour the older run had)."""
+        defaults = {f.name: f.default for f in dataclasses.fields(TrainConfig)
+                    if f.name not in RESUMABLE_FIELDS and f.default is not dataclasses.MISSING}
+        return {**defaults, **record}
 
     @classmethod
     def from_identity(cls, record: dict) -> "TrainConfig":
@@ -225,6 +241,8 @@ def build_parser() -> argparse.ArgumentParser:
         "the preset's)")
     add("--ema-decay", type=float, help="validate, export and sample an exponential moving "
         "average of the parameters with this decay per step; 0: off (default: the preset's)")
+    add("--condition-noise", type=float, help="standard deviation of Gaussian noise on each "
+        "training map's conditions, in box coordinates [-1, 1] (default: the preset's)")
     add("--no-augment", action="store_true", help="do not augment training maps by shifts, "
         "flips and rotations")
     add("--preprocessing", choices=("minmax", "sigmoid"),
@@ -254,7 +272,8 @@ _OVERRIDES = {"n_sims": "n_sims", "lr": "learning_rate", "batch_size": "batch_si
               "warmup_steps": "warmup_steps", "max_nonfinite": "max_nonfinite",
               "checkpoint_every": "checkpoint_every", "figure_every": "figure_every",
               "preprocessing": "preprocessing", "seed": "seed", "fresh_data": "fresh_data",
-              "schedule": "schedule", "ema_decay": "ema_decay"}
+              "schedule": "schedule", "ema_decay": "ema_decay",
+              "condition_noise": "condition_noise"}
 _MODEL_OVERRIDES = ("levels", "steps", "hidden", "padding")
 
 

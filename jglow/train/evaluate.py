@@ -535,8 +535,8 @@ def parse_args(argv=None) -> Options:
     parser = cli.ArgumentParser(description=__doc__.split("\n\n")[0])
     add = parser.add_argument
     add("--model", required=True, help="workdir of a training run (python -m train.main)")
-    add("--data", help="a simulator ('synthetic', 'hi-like') or a CAMELS maps path; its test split is evaluated "
-        "(default: the run's own data)")
+    add("--data", help="a simulator ('synthetic', 'hi-like') or a CAMELS maps path; its test "
+        "split is evaluated (default: the run's own data)")
     add("--out", help="output folder (default: WORKDIR/evaluation)")
     defaults = Options._field_defaults
     add("--n-maps", type=int, default=defaults["n_maps"],

@@ -131,10 +131,16 @@ def loss_fn(params: GlowParams, x, z):
     return -jnp.mean(log_prob_given(params, x, condition(params, z))) / params.config.dim
 
 
+CONDITION_NOISE_STREAM = 1
+"""The noise on the conditions of step `s` is drawn from `fold_in(fold_in(rng, s), 1)`, apart from
+the augmentation's `fold_in(rng, s)`."""
+
+
 def train_step(config: TrainConfig, total_steps: int, state: TrainState, x, z,
                loss_and_grad=jax.value_and_grad(loss_fn)):
     """One step of a run of `total_steps` on the global batch `x (B, H, W, C)`, `z (B, D)`
-    (model space).
+    (model space). With `config.augment` the maps are augmented, with `config.condition_noise`
+    each map's conditions are moved by Gaussian noise of that standard deviation.
 
     `loss_and_grad(params, x, z) -> (loss, grads)` is `value_and_grad(loss_fn)` or, on a
     device mesh, its data-parallel form (`parallel.reduce_over_shards`).
@@ -143,9 +149,12 @@ def train_step(config: TrainConfig, total_steps: int, state: TrainState, x, z,
     before the update), `grad_norm` (before clipping), `learning_rate`, `finite` (bool),
     `nonfinite_streak`, `nonfinite_total`.
     """
+    key = jax.random.fold_in(jax.random.wrap_key_data(state.rng), state.step)
     if config.augment:
-        key = jax.random.fold_in(jax.random.wrap_key_data(state.rng), state.step)
         x = augment(key, x)
+    if config.condition_noise:
+        noise = jax.random.normal(jax.random.fold_in(key, CONDITION_NOISE_STREAM), z.shape)
+        z = z + config.condition_noise * noise.astype(z.dtype)
     loss, grads = loss_and_grad(state.params, x, z)
     updates, opt_state = make_optimizer(config).update(grads, state.opt_state, state.params)
     rate = learning_rate(config, state.step, state.plateau.scale, total_steps)
