@@ -9,6 +9,7 @@ import functools
 import json
 import os
 import pathlib
+import shutil
 import signal
 import subprocess
 import sys
@@ -22,11 +23,13 @@ import pytest
 import jglow
 from helpers import wait_until
 from jglow.data import synthetic_maps
+from jglow.errors import InputError
 from jglow.train import checkpoints, figures, parallel
 from jglow.train.config import TrainConfig, UsageError, build_parser, config_from_args
 from jglow.train.data import prepare
 from jglow.train.main import (RunInterrupted, RunResult, TrainingStopped, compiled_functions,
                               initial_state, main, run)
+from jglow.train.metrics import parse_records
 from jglow.train.state import end_epoch, init_state, learning_rate, loss_fn, record_validation
 from jglow.train.stopping import NoSignals, StopRequested, StopSignals
 
@@ -606,3 +609,58 @@ def test_run_record_round_trips_to_the_same_config():
     config = tiny("--lr", "3e-4", "--levels", "1")
     restored = TrainConfig.from_identity(json.loads(json.dumps(config.identity())))
     assert restored == config.canonical()
+
+
+def _copy(workdir: pathlib.Path, tmp_path: pathlib.Path) -> pathlib.Path:
+    """A copy of the run in `workdir`, to damage."""
+    return pathlib.Path(shutil.copytree(workdir, tmp_path / "copy"))
+
+
+def _lines(text: str, prefix: str) -> list[str]:
+    return [line for line in text.splitlines() if line.startswith(prefix)]
+
+
+def test_parse_records_drops_a_torn_last_line_and_refuses_one_before_it():
+    good = b'{"step": 1}\n{"step": 2}\n'
+    assert parse_records(good, "m") == ([{"step": 1}, {"step": 2}], None)
+    assert parse_records(good + b'{"step": 3, "lo', "m") == ([{"step": 1}, {"step": 2}], 24)
+    assert parse_records(good + b'{"step": 3}', "m")[1] == 24  # no newline: cut short
+    assert parse_records(good + b'\x00\x00\n\n', "m")[1] == 24  # zeros left by a crash
+    with pytest.raises(InputError, match=r"^m: line 2 is not a JSON record with a step \(b'x'\)"):
+        parse_records(b'{"step": 1}\nx\n{"step": 2}\n', "m")
+
+
+def test_torn_last_metrics_line_is_dropped_with_a_warning_and_the_run_resumes(
+        reference, tmp_path, capsys):
+    workdir = _copy(reference[0], tmp_path)
+    path = workdir / "metrics.jsonl"
+    data = path.read_bytes()
+    start = data.rstrip(b"\n").rfind(b"\n") + 1  # the last line: the validation of step 45
+    assert json.loads(data[start:]) | {"kind": "val", "step": 45} == json.loads(data[start:])
+    path.write_bytes(data[:start + 30])
+    flags = FLAGS + ["--workdir", str(workdir), "--figure-every", "0", "--epochs", "4"]
+    assert main(flags) == 0
+    error = capsys.readouterr().err
+    assert _lines(error, "warning:") == [
+        f"warning: {path}: dropped its last line, from byte {start}: not a complete record (a "
+        f"write cut short by a crash)"]
+    assert "resuming from step 45" in error
+    records = [(r["step"], r["kind"]) for r in map(json.loads, path.read_text().splitlines())]
+    assert records == sorted(records, key=lambda r: r[0]) and len(set(records)) == len(records)
+    assert [s for s, kind in records if kind == "train"] == [10, 20, 30, 40, 45, 50, 60]
+    assert [s for s, kind in records if kind == "val"] == [15, 30, 60]  # 45's was torn
+
+
+def test_damaged_metrics_line_before_the_last_is_refused(reference, tmp_path, capsys):
+    workdir = _copy(reference[0], tmp_path)
+    path = workdir / "metrics.jsonl"
+    lines = path.read_text().splitlines(keepends=True)
+    path.write_text("".join(lines[:2] + ['{"kind": "train", "st\n'] + lines[3:]))
+    assert main(FLAGS + ["--workdir", str(workdir)]) == 2
+    error = capsys.readouterr().err
+    assert "Traceback" not in error
+    assert _lines(error, "error:") == [
+        f"error: {path}: line 3 is not a JSON record with a step (b'{{\"kind\": \"train\", "
+        f"\"st'); expected one JSON object per line, as the trainer writes; delete or repair "
+        f"that line (the run then resumes), or choose another --workdir"]
+

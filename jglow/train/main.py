@@ -225,11 +225,20 @@ def initial_state(config: TrainConfig, data: Data, mesh) -> TrainState:
     return parallel.replicate(mesh, init_state(config, params, augment_key))
 
 
+def _truncate_metrics(ctx: _Run, step: int) -> None:
+    """`MetricsLog.truncate_after(step)`, showing its warning."""
+    warning = ctx.log.truncate_after(step)
+    if warning is not None:
+        _say(ctx, warning)
+
+
 def _resume(ctx: _Run, state: TrainState) -> tuple[TrainState, int, bool]:
-    """The latest checkpoint's state and step (or `state` and 0), records after it dropped,
-    and whether the validation due at that step is still to be done."""
+    """The latest checkpoint's state and step (or `state` and 0), records after it (and a
+    torn last record) dropped, and whether the validation due at that step is still to be
+    done."""
     restored = checkpoints.restore(ctx.manager, state)
     if restored is None:
+        _truncate_metrics(ctx, 0)
         return state, 0, False
     state, meta = restored
     if meta["preprocessing"] != ctx.data.preprocessing.to_dict():
@@ -239,7 +248,7 @@ def _resume(ctx: _Run, state: TrainState) -> tuple[TrainState, int, bool]:
                          f"--workdir")
     step = int(parallel.host_value(state.step))
     validation_due = not meta.get("validated", True)
-    ctx.log.truncate_after(step)
+    _truncate_metrics(ctx, step)
     _say(ctx, f"resuming from step {step} (epoch {meta['epoch']}, batch {meta['index']})"
               f"{', validating it first' if validation_due else ''}")
     return state, step, validation_due
