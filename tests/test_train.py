@@ -11,6 +11,7 @@ import os
 import pathlib
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -27,6 +28,7 @@ from jglow.errors import InputError
 from jglow.train import checkpoints, figures, parallel
 from jglow.train.config import TrainConfig, UsageError, build_parser, config_from_args
 from jglow.train.data import prepare
+from jglow.train.lock import hold
 from jglow.train.main import (RunInterrupted, RunResult, TrainingStopped, compiled_functions,
                               initial_state, main, run)
 from jglow.train.metrics import parse_records
@@ -663,4 +665,55 @@ def test_damaged_metrics_line_before_the_last_is_refused(reference, tmp_path, ca
         f"error: {path}: line 3 is not a JSON record with a step (b'{{\"kind\": \"train\", "
         f"\"st'); expected one JSON object per line, as the trainer writes; delete or repair "
         f"that line (the run then resumes), or choose another --workdir"]
+
+
+def test_a_held_workdir_lock_refuses_a_second_holder_naming_the_first(tmp_path):
+    with hold(tmp_path) as path:
+        record = json.loads(path.read_text())
+        assert record == {"host": socket.gethostname(), "pid": os.getpid()}
+        with pytest.raises(UsageError) as refused:
+            with hold(tmp_path):
+                pass
+        assert str(refused.value) == (
+            f"workdir {tmp_path} is in use by another trainer (host {socket.gethostname()}, "
+            f"pid {os.getpid()}; lock file {path}); wait for it to end, stop it, or choose "
+            f"another --workdir")
+    with hold(tmp_path):  # released at the end of the block
+        pass
+
+
+def test_one_trainer_per_workdir_and_a_killed_holder_needs_no_cleanup(tmp_path):
+    workdir = tmp_path / "w"
+    command = [sys.executable, "-m", "train.main", *FLAGS, "--workdir", str(workdir),
+               "--figure-every", "0"]
+    logs = [tmp_path / f"stderr_{k}.txt" for k in range(3)]
+    processes = []
+    for log in logs[:2]:  # two trainers started at once
+        with open(log, "w") as stderr:
+            processes.append(subprocess.Popen(command, cwd=REPO, stdout=subprocess.DEVNULL,
+                                              stderr=stderr))
+    try:
+        wait_until(lambda: any(p.poll() is not None for p in processes), [], 120,
+                   "the exit of one of two trainers", logs[:2])
+        loser = next(k for k, p in enumerate(processes) if p.poll() is not None)
+        winner = processes[1 - loser]
+        assert processes[loser].returncode == 2 and winner.poll() is None
+        error = logs[loser].read_text()
+        assert _lines(error, "error:") == [
+            f"error: workdir {workdir} is in use by another trainer (host "
+            f"{socket.gethostname()}, pid {winner.pid}; lock file {workdir / 'trainer.lock'}); "
+            f"wait for it to end, stop it, or choose another --workdir"]
+        assert "Traceback" not in error
+        winner.send_signal(signal.SIGKILL)
+        winner.wait()
+        with open(logs[2], "w") as stderr:
+            processes.append(subprocess.Popen(command, cwd=REPO, stdout=subprocess.DEVNULL,
+                                              stderr=stderr))
+        wait_until(lambda: "240 training / 30 validation maps" in logs[2].read_text(),
+                   processes[2:], 120, "the start-up line of a third trainer", logs[2:])
+        assert json.loads((workdir / "trainer.lock").read_text())["pid"] == processes[2].pid
+    finally:
+        for process in processes:
+            process.kill()
+            process.wait()
 
