@@ -717,3 +717,75 @@ def test_one_trainer_per_workdir_and_a_killed_holder_needs_no_cleanup(tmp_path):
             process.kill()
             process.wait()
 
+
+def _damage(step_dir: pathlib.Path, how: str) -> None:
+    """Truncate every file of the checkpoint `step_dir` to half its size ("truncate"), or flip
+    8 bytes in the middle of its largest file, its size unchanged ("flip")."""
+    files = [p for p in step_dir.rglob("*") if p.is_file()]
+    if how == "truncate":
+        for path in files:
+            os.truncate(path, path.stat().st_size // 2)
+        return
+    largest = max(files, key=lambda p: p.stat().st_size)
+    data = bytearray(largest.read_bytes())
+    middle = len(data) // 2
+    data[middle:middle + 8] = bytes(b ^ 0xFF for b in data[middle:middle + 8])
+    largest.write_bytes(bytes(data))
+
+
+REFERENCE_FLAGS = ["--checkpoint-every", "7", "--figure-every", "3"]
+
+
+@pytest.mark.parametrize("how", ["truncate", "flip"])
+def test_a_damaged_newest_checkpoint_is_skipped_for_the_previous_one(
+        how, reference, tmp_path, capsys):
+    _, uninterrupted = reference
+    workdir = _copy(reference[0], tmp_path)
+    steps = sorted(int(p.name) for p in (workdir / "checkpoints").iterdir())
+    assert steps == [35, 42, 45]  # the latest 3 (45 is also the best)
+    newest = workdir / "checkpoints" / "45"
+    _damage(newest, how)
+    assert main(FLAGS + REFERENCE_FLAGS + ["--workdir", str(workdir)]) == 0
+    error = capsys.readouterr().err
+    warnings = _lines(error, "warning:")
+    assert len(warnings) == 1 and warnings[0].startswith(
+        f"warning: checkpoint {newest} cannot be used: ")
+    assert warnings[0].endswith("; trying the next older one")
+    assert ("it cannot be read: " if how == "truncate" else "SHA-256") in warnings[0]
+    assert "resuming from step 42 (epoch 2, batch 12)" in error
+    resumed, meta = saved_state(tiny(), workdir)  # checked: the damaged step was replaced
+    assert meta["step"] == TOTAL_STEPS
+    _same_state(parallel.host_value(uninterrupted.state), resumed)
+
+
+def test_no_usable_checkpoint_is_refused_with_one_error_line(reference, tmp_path, capsys):
+    workdir = _copy(reference[0], tmp_path)
+    for step in (35, 42, 45):
+        _damage(workdir / "checkpoints" / str(step), "flip")
+    assert main(FLAGS + ["--workdir", str(workdir)]) == 2
+    error = capsys.readouterr().err
+    assert "Traceback" not in error
+    assert [line.split(" cannot be used")[0] for line in _lines(error, "warning:")] == [
+        f"warning: checkpoint {workdir / 'checkpoints' / str(step)}" for step in (45, 42, 35)]
+    directory = workdir / "checkpoints"
+    assert _lines(error, "error:") == [
+        f"error: none of the checkpoints in {directory} (steps 45, 42, 35) can be used "
+        f"(warnings above); delete {directory} to train from the start, or choose another "
+        f"--workdir"]
+
+
+def test_a_checkpoint_with_nonfinite_parameters_is_skipped(tmp_path, capsys):
+    config = tiny()
+    state = initial_state(config, tiny_data(), parallel.make_mesh(jax.devices()))
+    broken = state._replace(params=jax.tree_util.tree_map(lambda a: a * np.nan, state.params))
+    manager = checkpoints.open_manager(tmp_path, keep=3)
+    for step, saved in ((1, state), (2, broken)):
+        checkpoints.save(manager, saved, {"step": step})
+        manager.wait_until_finished()
+    restored, meta = checkpoints.restore(manager, state)
+    manager.close()
+    assert meta == {"step": 1}
+    _same_state(parallel.host_value(state), parallel.host_value(restored))
+    warning, = capsys.readouterr().err.splitlines()
+    assert warning.startswith(f"warning: checkpoint {tmp_path / 'checkpoints' / '2'} cannot be "
+                              f"used: ") and "arrays hold NaN or infinity, e.g. " in warning

@@ -238,10 +238,10 @@ def _truncate_metrics(ctx: _Run, step: int) -> None:
 
 
 def _resume(ctx: _Run, state: TrainState) -> tuple[TrainState, int, bool]:
-    """The latest checkpoint's state and step (or `state` and 0), records after it (and a
-    torn last record) dropped, and whether the validation due at that step is still to be
+    """The newest usable checkpoint's state and step (or `state` and 0), records after it (and
+    a torn last record) dropped, and whether the validation due at that step is still to be
     done."""
-    restored = checkpoints.restore(ctx.manager, state)
+    restored = checkpoints.restore(ctx.manager, state, warn=lambda line: _say(ctx, line))
     if restored is None:
         _truncate_metrics(ctx, 0)
         return state, 0, False
@@ -414,7 +414,8 @@ def run(config: TrainConfig, workdir, accelerator: Optional[str] = None,
         maps that cannot be block-averaged to the map size.
       FileNotFoundError: a `config.data` path that holds no CAMELS maps.
       InputError: CAMELS files that cannot be used (a bad pixel, a map count that does not
-        match the parameter file, ...), a damaged line in the workdir's metrics.
+        match the parameter file, ...), a damaged line in the workdir's metrics, no usable
+        checkpoint among those in the workdir.
       TrainingStopped: `config.max_nonfinite` non-finite steps in a row.
       RunInterrupted: a stop signal; the current step was checkpointed.
     """
