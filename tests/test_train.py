@@ -682,6 +682,15 @@ def test_a_held_workdir_lock_refuses_a_second_holder_naming_the_first(tmp_path):
         pass
 
 
+def test_overwrite_of_a_workdir_in_use_is_refused_before_deleting_anything(tmp_path, capsys):
+    checkpoints.claim_workdir(tmp_path, tiny(), overwrite=False)
+    with hold(tmp_path):
+        assert main(FLAGS + ["--workdir", str(tmp_path), "--hidden", "4", "--overwrite"]) == 2
+    error, = _lines(capsys.readouterr().err, "error:")
+    assert error.startswith(f"error: workdir {tmp_path} is in use by another trainer (host ")
+    assert json.loads((tmp_path / "run.json").read_text())["model"]["hidden"] == 8
+
+
 def test_one_trainer_per_workdir_and_a_killed_holder_needs_no_cleanup(tmp_path):
     workdir = tmp_path / "w"
     command = [sys.executable, "-m", "train.main", *FLAGS, "--workdir", str(workdir),
@@ -693,7 +702,7 @@ def test_one_trainer_per_workdir_and_a_killed_holder_needs_no_cleanup(tmp_path):
             processes.append(subprocess.Popen(command, cwd=REPO, stdout=subprocess.DEVNULL,
                                               stderr=stderr))
     try:
-        wait_until(lambda: any(p.poll() is not None for p in processes), [], 120,
+        wait_until(lambda: any(p.poll() is not None for p in processes), [], 60,
                    "the exit of one of two trainers", logs[:2])
         loser = next(k for k, p in enumerate(processes) if p.poll() is not None)
         winner = processes[1 - loser]
