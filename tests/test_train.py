@@ -2,7 +2,7 @@
 
 One uninterrupted reference run (module fixture) is shared: it must learn, write its files and
 export a loadable model, and a run of the same flags killed with SIGKILL and resumed must end
-on exactly its state.
+on exactly its state. Copies of its workdir with torn metrics or damaged checkpoints are resumed.
 """
 
 import functools

@@ -7,7 +7,7 @@ validation maps (`_inverse_check`: the round-trip error and non-finite samples, 
 when unsound), the plateau schedule and early stopping, the best model exported to the workdir
 (`jglow.load(workdir)`), a checkpoint, and the figures. A run ends at `--epochs`, `--max-steps`
 or early stopping; ending mid-epoch, it validates once more. Re-running the same command resumes
-from the latest checkpoint.
+from the newest usable checkpoint (`checkpoints`: a damaged one is skipped with a warning).
 
 One trainer per workdir: process 0 holds the workdir's lock (`lock`) for the whole run, and a
 second trainer started on it is refused at once, naming the holder's host and pid.
