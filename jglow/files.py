@@ -2,16 +2,24 @@
 
 import os
 import pathlib
+import secrets
+
+
+def temporary_name(path: pathlib.Path) -> pathlib.Path:
+    """A new name beside `path` for its temporary copy: `path` + "." + 12 random hex digits +
+    ".tmp", so that processes writing the same file never share a temporary."""
+    return path.with_name(f"{path.name}.{secrets.token_hex(6)}.tmp")
 
 
 def replace_atomically(path, write) -> None:
-    """Call `write(handle)` on a temporary binary file beside `path` (`path` + ".tmp"), flush
-    it to disk, then rename it to `path`. If `write` raises, `path` is left as it was and the
-    temporary file is removed."""
+    """Call `write(handle)` on a new temporary binary file beside `path` (`temporary_name`),
+    flush it to disk, then rename it to `path`. If `write` raises, `path` is left as it was and
+    the temporary file is removed."""
     path = pathlib.Path(path)
-    temporary = path.with_name(path.name + ".tmp")
+    temporary = temporary_name(path)
+    handle = open(temporary, "xb")  # "x": never another's file
     try:
-        with open(temporary, "wb") as handle:
+        with handle:
             write(handle)
             handle.flush()
             os.fsync(handle.fileno())

@@ -8,7 +8,7 @@ import pytest
 
 import jglow
 from jglow.data import fit_preprocessing, synthetic_maps
-from jglow.files import replace_atomically
+from jglow.files import replace_atomically, temporary_name
 from helpers import tiny_config, toy_batch
 
 
@@ -82,3 +82,12 @@ def test_replace_atomically_writes_the_new_content_or_leaves_the_old(tmp_path):
         replace_atomically(path, failing)
     assert path.read_bytes() == b"new content"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["record.json"]
+
+
+def test_temporaries_of_one_file_have_unique_names_beside_it(tmp_path):
+    path = tmp_path / "params.npz"
+    names = {temporary_name(path) for _ in range(100)}
+    assert len(names) == 100
+    assert all(n.parent == tmp_path and n.name.startswith("params.npz.") and
+               n.name.endswith(".tmp") and len(n.name) == len("params.npz.") + 12 + 4
+               for n in names)

@@ -2,14 +2,16 @@
 
 One uninterrupted reference run (module fixture) is shared: it must learn, write its files and
 export a loadable model, and a run of the same flags killed with SIGKILL and resumed must end
-on exactly its state.
+on exactly its state. Copies of its workdir with torn metrics or damaged checkpoints are resumed.
 """
 
 import functools
 import json
 import os
 import pathlib
+import shutil
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -22,11 +24,14 @@ import pytest
 import jglow
 from helpers import wait_until
 from jglow.data import synthetic_maps
+from jglow.errors import InputError
 from jglow.train import checkpoints, figures, parallel
 from jglow.train.config import TrainConfig, UsageError, build_parser, config_from_args
 from jglow.train.data import prepare
+from jglow.train.lock import hold
 from jglow.train.main import (RunInterrupted, RunResult, TrainingStopped, compiled_functions,
                               initial_state, main, run)
+from jglow.train.metrics import parse_records
 from jglow.train.state import end_epoch, init_state, learning_rate, loss_fn, record_validation
 from jglow.train.stopping import NoSignals, StopRequested, StopSignals
 
@@ -606,3 +611,190 @@ def test_run_record_round_trips_to_the_same_config():
     config = tiny("--lr", "3e-4", "--levels", "1")
     restored = TrainConfig.from_identity(json.loads(json.dumps(config.identity())))
     assert restored == config.canonical()
+
+
+def _copy(workdir: pathlib.Path, tmp_path: pathlib.Path) -> pathlib.Path:
+    """A copy of the run in `workdir`, to damage."""
+    return pathlib.Path(shutil.copytree(workdir, tmp_path / "copy"))
+
+
+def _lines(text: str, prefix: str) -> list[str]:
+    return [line for line in text.splitlines() if line.startswith(prefix)]
+
+
+def test_parse_records_drops_a_torn_last_line_and_refuses_one_before_it():
+    good = b'{"step": 1}\n{"step": 2}\n'
+    assert parse_records(good, "m") == ([{"step": 1}, {"step": 2}], None)
+    assert parse_records(good + b'{"step": 3, "lo', "m") == ([{"step": 1}, {"step": 2}], 24)
+    assert parse_records(good + b'{"step": 3}', "m")[1] == 24  # no newline: cut short
+    assert parse_records(good + b'\x00\x00\n\n', "m")[1] == 24  # zeros left by a crash
+    with pytest.raises(InputError, match=r"^m: line 2 is not a JSON record with a step \(b'x'\)"):
+        parse_records(b'{"step": 1}\nx\n{"step": 2}\n', "m")
+
+
+def test_torn_last_metrics_line_is_dropped_with_a_warning_and_the_run_resumes(
+        reference, tmp_path, capsys):
+    workdir = _copy(reference[0], tmp_path)
+    path = workdir / "metrics.jsonl"
+    data = path.read_bytes()
+    start = data.rstrip(b"\n").rfind(b"\n") + 1  # the last line: the validation of step 45
+    assert json.loads(data[start:]) | {"kind": "val", "step": 45} == json.loads(data[start:])
+    path.write_bytes(data[:start + 30])
+    flags = FLAGS + ["--workdir", str(workdir), "--figure-every", "0", "--epochs", "4"]
+    assert main(flags) == 0
+    error = capsys.readouterr().err
+    assert _lines(error, "warning:") == [
+        f"warning: {path}: dropped its last line, from byte {start}: not a complete record (a "
+        f"write cut short by a crash)"]
+    assert "resuming from step 45" in error
+    records = [(r["step"], r["kind"]) for r in map(json.loads, path.read_text().splitlines())]
+    assert records == sorted(records, key=lambda r: r[0]) and len(set(records)) == len(records)
+    assert [s for s, kind in records if kind == "train"] == [10, 20, 30, 40, 45, 50, 60]
+    assert [s for s, kind in records if kind == "val"] == [15, 30, 60]  # 45's was torn
+
+
+def test_damaged_metrics_line_before_the_last_is_refused(reference, tmp_path, capsys):
+    workdir = _copy(reference[0], tmp_path)
+    path = workdir / "metrics.jsonl"
+    lines = path.read_text().splitlines(keepends=True)
+    path.write_text("".join(lines[:2] + ['{"kind": "train", "st\n'] + lines[3:]))
+    assert main(FLAGS + ["--workdir", str(workdir)]) == 2
+    error = capsys.readouterr().err
+    assert "Traceback" not in error
+    assert _lines(error, "error:") == [
+        f"error: {path}: line 3 is not a JSON record with a step (b'{{\"kind\": \"train\", "
+        f"\"st'); expected one JSON object per line, as the trainer writes; delete or repair "
+        f"that line (the run then resumes), or choose another --workdir"]
+
+
+def test_a_held_workdir_lock_refuses_a_second_holder_naming_the_first(tmp_path):
+    with hold(tmp_path) as path:
+        record = json.loads(path.read_text())
+        assert record == {"host": socket.gethostname(), "pid": os.getpid()}
+        with pytest.raises(UsageError) as refused:
+            with hold(tmp_path):
+                pass
+        assert str(refused.value) == (
+            f"workdir {tmp_path} is in use by another trainer (host {socket.gethostname()}, "
+            f"pid {os.getpid()}; lock file {path}); wait for it to end, stop it, or choose "
+            f"another --workdir")
+    with hold(tmp_path):  # released at the end of the block
+        pass
+
+
+def test_overwrite_of_a_workdir_in_use_is_refused_before_deleting_anything(tmp_path, capsys):
+    checkpoints.claim_workdir(tmp_path, tiny(), overwrite=False)
+    with hold(tmp_path):
+        assert main(FLAGS + ["--workdir", str(tmp_path), "--hidden", "4", "--overwrite"]) == 2
+    error, = _lines(capsys.readouterr().err, "error:")
+    assert error.startswith(f"error: workdir {tmp_path} is in use by another trainer (host ")
+    assert json.loads((tmp_path / "run.json").read_text())["model"]["hidden"] == 8
+
+
+def test_one_trainer_per_workdir_and_a_killed_holder_needs_no_cleanup(tmp_path):
+    workdir = tmp_path / "w"
+    command = [sys.executable, "-m", "train.main", *FLAGS, "--workdir", str(workdir),
+               "--figure-every", "0"]
+    logs = [tmp_path / f"stderr_{k}.txt" for k in range(3)]
+    processes = []
+    for log in logs[:2]:  # two trainers started at once
+        with open(log, "w") as stderr:
+            processes.append(subprocess.Popen(command, cwd=REPO, stdout=subprocess.DEVNULL,
+                                              stderr=stderr))
+    try:
+        wait_until(lambda: any(p.poll() is not None for p in processes), [], 60,
+                   "the exit of one of two trainers", logs[:2])
+        loser = next(k for k, p in enumerate(processes) if p.poll() is not None)
+        winner = processes[1 - loser]
+        assert processes[loser].returncode == 2 and winner.poll() is None
+        error = logs[loser].read_text()
+        assert _lines(error, "error:") == [
+            f"error: workdir {workdir} is in use by another trainer (host "
+            f"{socket.gethostname()}, pid {winner.pid}; lock file {workdir / 'trainer.lock'}); "
+            f"wait for it to end, stop it, or choose another --workdir"]
+        assert "Traceback" not in error
+        winner.send_signal(signal.SIGKILL)
+        winner.wait()
+        with open(logs[2], "w") as stderr:
+            processes.append(subprocess.Popen(command, cwd=REPO, stdout=subprocess.DEVNULL,
+                                              stderr=stderr))
+        wait_until(lambda: "240 training / 30 validation maps" in logs[2].read_text(),
+                   processes[2:], 120, "the start-up line of a third trainer", logs[2:])
+        assert json.loads((workdir / "trainer.lock").read_text())["pid"] == processes[2].pid
+    finally:
+        for process in processes:
+            process.kill()
+            process.wait()
+
+
+def _damage(step_dir: pathlib.Path, how: str) -> None:
+    """Truncate every file of the checkpoint `step_dir` to half its size ("truncate"), or flip
+    8 bytes in the middle of its largest file, its size unchanged ("flip")."""
+    files = [p for p in step_dir.rglob("*") if p.is_file()]
+    if how == "truncate":
+        for path in files:
+            os.truncate(path, path.stat().st_size // 2)
+        return
+    largest = max(files, key=lambda p: p.stat().st_size)
+    data = bytearray(largest.read_bytes())
+    middle = len(data) // 2
+    data[middle:middle + 8] = bytes(b ^ 0xFF for b in data[middle:middle + 8])
+    largest.write_bytes(bytes(data))
+
+
+REFERENCE_FLAGS = ["--checkpoint-every", "7", "--figure-every", "3"]
+
+
+@pytest.mark.parametrize("how", ["truncate", "flip"])
+def test_a_damaged_newest_checkpoint_is_skipped_for_the_previous_one(
+        how, reference, tmp_path, capsys):
+    _, uninterrupted = reference
+    workdir = _copy(reference[0], tmp_path)
+    steps = sorted(int(p.name) for p in (workdir / "checkpoints").iterdir())
+    assert steps == [35, 42, 45]  # the latest 3 (45 is also the best)
+    newest = workdir / "checkpoints" / "45"
+    _damage(newest, how)
+    assert main(FLAGS + REFERENCE_FLAGS + ["--workdir", str(workdir)]) == 0
+    error = capsys.readouterr().err
+    warnings = _lines(error, "warning:")
+    assert len(warnings) == 1 and warnings[0].startswith(
+        f"warning: checkpoint {newest} cannot be used: ")
+    assert warnings[0].endswith("; trying the next older one")
+    assert ("it cannot be read: " if how == "truncate" else "SHA-256") in warnings[0]
+    assert "resuming from step 42 (epoch 2, batch 12)" in error
+    resumed, meta = saved_state(tiny(), workdir)  # checked: the damaged step was replaced
+    assert meta["step"] == TOTAL_STEPS
+    _same_state(parallel.host_value(uninterrupted.state), resumed)
+
+
+def test_no_usable_checkpoint_is_refused_with_one_error_line(reference, tmp_path, capsys):
+    workdir = _copy(reference[0], tmp_path)
+    for step in (35, 42, 45):
+        _damage(workdir / "checkpoints" / str(step), "flip")
+    assert main(FLAGS + ["--workdir", str(workdir)]) == 2
+    error = capsys.readouterr().err
+    assert "Traceback" not in error
+    assert [line.split(" cannot be used")[0] for line in _lines(error, "warning:")] == [
+        f"warning: checkpoint {workdir / 'checkpoints' / str(step)}" for step in (45, 42, 35)]
+    directory = workdir / "checkpoints"
+    assert _lines(error, "error:") == [
+        f"error: none of the checkpoints in {directory} (steps 45, 42, 35) can be used "
+        f"(warnings above); delete {directory} to train from the start, or choose another "
+        f"--workdir"]
+
+
+def test_a_checkpoint_with_nonfinite_parameters_is_skipped(tmp_path, capsys):
+    config = tiny()
+    state = initial_state(config, tiny_data(), parallel.make_mesh(jax.devices()))
+    broken = state._replace(params=jax.tree_util.tree_map(lambda a: a * np.nan, state.params))
+    manager = checkpoints.open_manager(tmp_path, keep=3)
+    for step, saved in ((1, state), (2, broken)):
+        checkpoints.save(manager, saved, {"step": step})
+        manager.wait_until_finished()
+    restored, meta = checkpoints.restore(manager, state)
+    manager.close()
+    assert meta == {"step": 1}
+    _same_state(parallel.host_value(state), parallel.host_value(restored))
+    warning, = capsys.readouterr().err.splitlines()
+    assert warning.startswith(f"warning: checkpoint {tmp_path / 'checkpoints' / '2'} cannot be "
+                              f"used: ") and "arrays hold NaN or infinity, e.g. " in warning

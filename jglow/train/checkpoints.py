@@ -2,21 +2,31 @@
 
 A checkpoint holds the whole `TrainState` (parameters, optimiser and schedule state, step, RNG,
 counters) and a JSON record: the data-order position (epoch and index within it), the run's
-configuration and the fitted preprocessing. Orbax writes each checkpoint to a temporary
-directory and renames it when complete, so a run killed at any moment leaves the previous ones
-intact. Kept: the latest `keep` checkpoints and the one with the best validation NLL.
+configuration, the fitted preprocessing and the SHA-256 of all that (`checksum`). Orbax writes
+each checkpoint to a temporary directory and renames it when complete, so a run killed at any
+moment leaves the previous ones intact. Kept: the latest `keep` checkpoints and the one with the
+best validation NLL.
+
+A resumed run restores the newest checkpoint that orbax can read, whose checksum matches and
+whose parameters are finite; each newer one is named in a `warning:` line and left alone (a run
+that reaches its step again replaces it). With none usable, the run is refused.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import pathlib
 import shutil
+import sys
+from typing import Callable
 
 import jax
+import numpy as np
 import orbax.checkpoint as ocp
 from orbax.checkpoint.checkpoint_managers import AnyPreservationPolicy, BestN, LatestN
 
+from jglow.errors import InputError
 from jglow.files import replace_atomically
 from jglow.train.config import TrainConfig, UsageError
 
@@ -95,25 +105,109 @@ def open_manager(workdir, keep: int) -> ocp.CheckpointManager:
     return ocp.CheckpointManager(directory, item_names=("state", "meta"), options=options)
 
 
+CHECKSUM_FIELD = "sha256"
+"""The field of a checkpoint's JSON record holding its `checksum`."""
+
+
+def _host(leaf) -> np.ndarray:
+    """A numpy copy of `leaf`: a numpy array, or a replicated (or single-device) jax array,
+    read through this process's first shard."""
+    if isinstance(leaf, jax.Array):
+        return np.asarray(leaf.addressable_shards[0].data)
+    return np.asarray(leaf)
+
+
+def checksum(state, meta: dict) -> str:
+    """SHA-256 (64 hex digits) of a checkpoint: its JSON record `meta` (keys sorted, without
+    `CHECKSUM_FIELD`), then each leaf of `state` in tree order as its dtype, shape and bytes."""
+    record = {key: value for key, value in meta.items() if key != CHECKSUM_FIELD}
+    digest = hashlib.sha256(json.dumps(record, sort_keys=True).encode())
+    for leaf in jax.tree_util.tree_leaves(state):
+        array = np.ascontiguousarray(_host(leaf))
+        digest.update(f"{array.dtype.str}{array.shape}".encode())
+        digest.update(array.tobytes())
+    return digest.hexdigest()
+
+
 def save(manager: ocp.CheckpointManager, state, meta: dict, val_nll: float | None = None):
-    """Checkpoint `state` (a pytree of arrays) with the JSON `meta` at step `meta["step"]`,
-    replacing a checkpoint already there (one saved before that step's validation); `val_nll`
-    (finite or None) ranks it for keeping the best. Asynchronous."""
+    """Checkpoint `state` (a pytree of arrays) with the JSON `meta` at step `meta["step"]` and
+    their `checksum`, replacing a checkpoint already there (one saved before that step's
+    validation, or a damaged one); `val_nll` (finite or None) ranks it for keeping the best.
+    Asynchronous."""
     metrics = {"val_nll": val_nll} if val_nll is not None else None
     if meta["step"] in manager.all_steps():
         manager.delete(meta["step"])
+    meta = {**meta, CHECKSUM_FIELD: checksum(state, meta)}
     manager.save(meta["step"], metrics=metrics,
                  args=ocp.args.Composite(state=ocp.args.StandardSave(state),
                                          meta=ocp.args.JsonSave(meta)))
 
 
-def restore(manager: ocp.CheckpointManager, template, step: int | None = None):
-    """`(state, meta)` of the checkpoint at `step` (default: the latest complete one), laid out
-    like `template` (same structure, shapes and shardings), or None when there is none."""
-    step = manager.latest_step() if step is None else step
-    if step is None:
-        return None
+def _first_line(error: Exception, limit: int = 300) -> str:
+    """`error` as `"Type: first line of its message"`, at most `limit` characters."""
+    lines = str(error).strip().splitlines() or [""]
+    return f"{type(error).__name__}: {lines[0]}"[:limit]
+
+
+def _nonfinite_leaves(state) -> list[str]:
+    """The paths of the floating-point leaves of `state`'s parameters, their moving average and
+    the optimiser's state (where `state` has such fields; else of every leaf) that hold a NaN
+    or infinity. The other fields may be infinite by design (the best validation NLL before
+    the first validation)."""
+    names = ("params", "ema_params", "opt_state")
+    parts = {name: getattr(state, name) for name in names if hasattr(state, name)} or state
+    arrays = [(jax.tree_util.keystr(path), _host(leaf))
+              for path, leaf in jax.tree_util.tree_leaves_with_path(parts)]
+    return [name for name, array in arrays
+            if np.issubdtype(array.dtype, np.floating) and not np.all(np.isfinite(array))]
+
+
+def _restore_step(manager: ocp.CheckpointManager, abstract, step: int):
+    """`((state, meta), None)` of the checkpoint at `step`, restored like `abstract`, or
+    `(None, why it cannot be used)`."""
+    try:
+        restored = manager.restore(step, args=ocp.args.Composite(
+            state=ocp.args.StandardRestore(abstract), meta=ocp.args.JsonRestore()))
+    except Exception as error:  # orbax and tensorstore raise many kinds on damaged files
+        return None, f"it cannot be read: {_first_line(error)}"
+    state, meta = restored.state, restored.meta
+    if not isinstance(meta, dict) or CHECKSUM_FIELD not in meta:
+        return None, f"its record has no {CHECKSUM_FIELD!r} field (written by an older jglow?)"
+    actual = checksum(state, meta)
+    if actual != meta[CHECKSUM_FIELD]:
+        return None, (f"its arrays and record have SHA-256 {actual[:16]}..., expected "
+                      f"{meta[CHECKSUM_FIELD][:16]}... (damaged on disk)")
+    nonfinite = _nonfinite_leaves(state)
+    if nonfinite:
+        return None, (f"{len(nonfinite)} of its parameter and optimiser arrays hold NaN or "
+                      f"infinity, e.g. {nonfinite[0]}; expected finite values")
+    return (state, meta), None
+
+
+def restore(manager: ocp.CheckpointManager, template, step: int | None = None,
+            warn: Callable[[str], None] = lambda line: print(line, file=sys.stderr)):
+    """`(state, meta)` of the checkpoint at `step` (default: the newest usable one), laid out
+    like `template` (same structure, shapes and shardings), or None when there is none.
+
+    A checkpoint that orbax cannot read, whose `checksum` does not match or whose parameters
+    are not finite is named in one `warning: ...` line passed to `warn`, and (without `step`)
+    the next older one is tried. `meta` is returned without its checksum.
+
+    Raises:
+      InputError: no checkpoint is usable (naming their steps; the warnings say why).
+    """
+    steps = sorted(manager.all_steps(), reverse=True) if step is None else [step]
     abstract = jax.tree_util.tree_map(ocp.utils.to_shape_dtype_struct, template)
-    restored = manager.restore(step, args=ocp.args.Composite(
-        state=ocp.args.StandardRestore(abstract), meta=ocp.args.JsonRestore()))
-    return restored.state, restored.meta
+    directory = pathlib.Path(manager.directory)
+    for candidate in steps:
+        restored, problem = _restore_step(manager, abstract, candidate)
+        if restored is not None:
+            state, meta = restored
+            return state, {key: value for key, value in meta.items() if key != CHECKSUM_FIELD}
+        warn(f"warning: checkpoint {directory / str(candidate)} cannot be used: {problem}; "
+             f"{'trying the next older one' if candidate != steps[-1] else 'none left'}")
+    if not steps:
+        return None
+    raise InputError(f"none of the checkpoints in {directory} (steps "
+                     f"{', '.join(map(str, steps))}) can be used (warnings above); delete "
+                     f"{directory} to train from the start, or choose another --workdir")

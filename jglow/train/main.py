@@ -7,7 +7,10 @@ validation maps (`_inverse_check`: the round-trip error and non-finite samples, 
 when unsound), the plateau schedule and early stopping, the best model exported to the workdir
 (`jglow.load(workdir)`), a checkpoint, and the figures. A run ends at `--epochs`, `--max-steps`
 or early stopping; ending mid-epoch, it validates once more. Re-running the same command resumes
-from the latest checkpoint.
+from the newest usable checkpoint (`checkpoints`: a damaged one is skipped with a warning).
+
+One trainer per workdir: process 0 holds the workdir's lock (`lock`) for the whole run, and a
+second trainer started on it is refused at once, naming the holder's host and pid.
 
 SIGTERM or Ctrl-C stops the run at the next step or validation batch: it checkpoints the
 current step (a validation it cut short is marked as still due, and a resumed run does it
@@ -18,6 +21,7 @@ workdir and data (`multihost`), and all stop at the same step.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import functools
 import json
@@ -33,7 +37,8 @@ from tqdm import tqdm
 import jglow
 from jglow.data import DataSpecError
 from jglow.saving import TrainedModel
-from jglow.train import checkpoints, cli, figures, memory, multihost, parallel
+from jglow.files import replace_atomically
+from jglow.train import checkpoints, cli, figures, lock, memory, multihost, parallel
 from jglow.train.config import (PRESET_NOTES, TrainConfig, UsageError, build_parser,
                                 config_from_args, data_line)
 from jglow.train.data import (Data, batch_indices, epoch_training_set, fingerprint, prepare,
@@ -225,11 +230,20 @@ def initial_state(config: TrainConfig, data: Data, mesh) -> TrainState:
     return parallel.replicate(mesh, init_state(config, params, augment_key))
 
 
+def _truncate_metrics(ctx: _Run, step: int) -> None:
+    """`MetricsLog.truncate_after(step)`, showing its warning."""
+    warning = ctx.log.truncate_after(step)
+    if warning is not None:
+        _say(ctx, warning)
+
+
 def _resume(ctx: _Run, state: TrainState) -> tuple[TrainState, int, bool]:
-    """The latest checkpoint's state and step (or `state` and 0), records after it dropped,
-    and whether the validation due at that step is still to be done."""
-    restored = checkpoints.restore(ctx.manager, state)
+    """The newest usable checkpoint's state and step (or `state` and 0), records after it (and
+    a torn last record) dropped, and whether the validation due at that step is still to be
+    done."""
+    restored = checkpoints.restore(ctx.manager, state, warn=lambda line: _say(ctx, line))
     if restored is None:
+        _truncate_metrics(ctx, 0)
         return state, 0, False
     state, meta = restored
     if meta["preprocessing"] != ctx.data.preprocessing.to_dict():
@@ -239,7 +253,7 @@ def _resume(ctx: _Run, state: TrainState) -> tuple[TrainState, int, bool]:
                          f"--workdir")
     step = int(parallel.host_value(state.step))
     validation_due = not meta.get("validated", True)
-    ctx.log.truncate_after(step)
+    _truncate_metrics(ctx, step)
     _say(ctx, f"resuming from step {step} (epoch {meta['epoch']}, batch {meta['index']})"
               f"{', validating it first' if validation_due else ''}")
     return state, step, validation_due
@@ -251,7 +265,8 @@ def _write_split(ctx: _Run) -> None:
         record = {name: np.unique(split.sim).tolist()
                   for name, split in (("train", ctx.data.train), ("val", ctx.data.val))}
         record["test"] = ctx.data.test_sims.tolist()
-        (ctx.workdir / "split.json").write_text(json.dumps(record))
+        text = json.dumps(record).encode()
+        replace_atomically(ctx.workdir / "split.json", lambda handle: handle.write(text))
 
 
 def _stops_early(ctx: _Run, state: TrainState, step: int) -> bool:
@@ -372,11 +387,14 @@ def _attempt(fn, *args):
 
 
 def _checked_mesh(config: TrainConfig, workdir: pathlib.Path, accelerator: Optional[str],
-                  overwrite: bool) -> jax.sharding.Mesh:
-    """The run's device mesh, after checking the devices, the batch and the workdir."""
+                  overwrite: bool, held: contextlib.ExitStack) -> jax.sharding.Mesh:
+    """The run's device mesh, after checking the devices, the batch and the workdir, and taking
+    the workdir's lock (process 0; released when `held` closes)."""
     mesh = parallel.make_mesh(parallel.select_devices(accelerator))
     parallel.check_batch(config.batch_size, mesh)
     checkpoints.claim_workdir(workdir, config, overwrite, write=False)
+    if jax.process_index() == 0:
+        held.enter_context(lock.hold(workdir))
     return mesh
 
 
@@ -384,43 +402,47 @@ def run(config: TrainConfig, workdir, accelerator: Optional[str] = None,
         overwrite: bool = False, progress: bool = True,
         stop: Optional[StopSignals] = None) -> RunResult:
     """Train (or resume) the run `config` in `workdir` on every device of `accelerator`,
-    stopping at the signals of `stop` (installed by `main`; None: no stopping).
+    stopping at the signals of `stop` (installed by `main`; None: no stopping). Process 0 holds
+    the workdir's lock (`lock`) until the run ends.
 
     Raises:
       UsageError: absent accelerator, batch not divisible by the device count, a workdir
-        holding another configuration (without `overwrite`), too little data; in a multi-host
-        run, processes given different flags, workdirs or data, or another process's refusal.
+        holding another configuration (without `overwrite`) or in use by another trainer, too
+        little data; in a multi-host run, processes given different flags, workdirs or data,
+        or another process's refusal.
       DataSpecError (an `InputError`): a `config.data` folder holding several maps files, or
         maps that cannot be block-averaged to the map size.
       FileNotFoundError: a `config.data` path that holds no CAMELS maps.
       InputError: CAMELS files that cannot be used (a bad pixel, a map count that does not
-        match the parameter file, ...).
+        match the parameter file, ...), a damaged line in the workdir's metrics, no usable
+        checkpoint among those in the workdir.
       TrainingStopped: `config.max_nonfinite` non-finite steps in a row.
       RunInterrupted: a stop signal; the current step was checkpointed.
     """
     workdir = pathlib.Path(workdir)
-    mesh, refusal = _attempt(_checked_mesh, config, workdir, accelerator, overwrite)
-    multihost.agree({"workdir": str(workdir.absolute()),
-                     "configuration": dataclasses.asdict(config)}, refusal)
-    data, refusal = _attempt(prepare, config)
-    multihost.agree({"data": None if data is None else fingerprint(data)}, refusal)
-    main_process = jax.process_index() == 0
-    if main_process:
-        checkpoints.claim_workdir(workdir, config, overwrite, write=True)
-    per_epoch = steps_per_epoch(len(data.train.x), config.batch_size)
-    exact = (None if data.exact_val_nll is None
-             else bits_per_dim(np.mean(data.exact_val_nll), config.model.dim))
-    manager = checkpoints.open_manager(workdir, config.keep_checkpoints)
-    ctx = _Run(config, workdir, mesh, data, main_process, MetricsLog(workdir, main_process),
-               manager, per_epoch, exact, figures.choose(data.val), stop or NoSignals())
-    _say(ctx, data_line(config))
-    _say(ctx, f"{len(data.train.x)} training / {len(data.val.x)} validation maps "
-              f"({per_epoch} steps per epoch) on {mesh.size} {mesh.devices.flat[0].platform} "
-              f"device(s); workdir {workdir}")
-    try:
-        return _train(ctx, progress and main_process)
-    finally:
-        manager.close()
+    with contextlib.ExitStack() as held:
+        mesh, refusal = _attempt(_checked_mesh, config, workdir, accelerator, overwrite, held)
+        multihost.agree({"workdir": str(workdir.absolute()),
+                         "configuration": dataclasses.asdict(config)}, refusal)
+        data, refusal = _attempt(prepare, config)
+        multihost.agree({"data": None if data is None else fingerprint(data)}, refusal)
+        main_process = jax.process_index() == 0
+        if main_process:
+            checkpoints.claim_workdir(workdir, config, overwrite, write=True)
+        per_epoch = steps_per_epoch(len(data.train.x), config.batch_size)
+        exact = (None if data.exact_val_nll is None
+                 else bits_per_dim(np.mean(data.exact_val_nll), config.model.dim))
+        manager = checkpoints.open_manager(workdir, config.keep_checkpoints)
+        ctx = _Run(config, workdir, mesh, data, main_process, MetricsLog(workdir, main_process),
+                   manager, per_epoch, exact, figures.choose(data.val), stop or NoSignals())
+        _say(ctx, data_line(config))
+        _say(ctx, f"{len(data.train.x)} training / {len(data.val.x)} validation maps "
+                  f"({per_epoch} steps per epoch) on {mesh.size} "
+                  f"{mesh.devices.flat[0].platform} device(s); workdir {workdir}")
+        try:
+            return _train(ctx, progress and main_process)
+        finally:
+            manager.close()
 
 
 @cli.command

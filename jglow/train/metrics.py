@@ -3,7 +3,8 @@
 `metrics.jsonl` holds one JSON object per line, each with `kind` ("train", "val" or
 "event"), `step` and `epoch`. Non-finite numbers are written as null (JSON has no NaN) and
 flagged by the records' own fields (`nonfinite_total`, `val_finite`). When a run resumes from
-step `s`, records after `s` are dropped first, so the file reads as one uninterrupted run.
+step `s`, records after `s` are dropped first, so the file reads as one uninterrupted run; so is
+a last line cut short by a crash (with a warning), while a damaged line before it is an error.
 """
 
 from __future__ import annotations
@@ -11,7 +12,7 @@ from __future__ import annotations
 import json
 import math
 import pathlib
-from typing import Callable
+from typing import Callable, Optional
 
 import jax.numpy as jnp
 import numpy as np
@@ -19,6 +20,7 @@ from jax.sharding import Mesh
 
 import jglow
 from jglow.batching import padded_rows
+from jglow.errors import InputError
 from jglow.files import replace_atomically
 from jglow.model import condition, log_prob_given
 from jglow.model_params import GlowParams
@@ -46,6 +48,44 @@ def json_safe(value):
     return value
 
 
+def _record(line: bytes) -> Optional[dict]:
+    """The record on `line` (one line of the file, without its newline), or None when it is not
+    a JSON object with an integer `step`."""
+    try:
+        record = json.loads(line)
+    except ValueError:  # JSONDecodeError and UnicodeDecodeError
+        return None
+    if not isinstance(record, dict) or not isinstance(record.get("step"), int):
+        return None
+    return record
+
+
+def parse_records(data: bytes, path) -> tuple[list[dict], Optional[int]]:
+    """The records in `data`, the bytes of the metrics file `path`, oldest first, and the byte
+    offset at which a torn last line starts (None when the last line is complete).
+
+    A line is complete when it ends with a newline and holds a JSON object with an integer
+    `step`; empty lines are skipped. Only the last line may be torn (a write cut short by a
+    crash): any other incomplete line raises `InputError` naming its line number (from 1).
+    """
+    records, offset = [], 0
+    lines = data.split(b"\n")  # the last item: what follows the last newline (b"" if nothing)
+    last = max((index for index, line in enumerate(lines) if line.strip()), default=-1)
+    for index, line in enumerate(lines):
+        record = _record(line) if index < len(lines) - 1 else None  # no newline: torn
+        if line.strip() and record is None:
+            if index == last:
+                return records, offset
+            raise InputError(f"{path}: line {index + 1} is not a JSON record with a step "
+                             f"({line[:80]!r}); expected one JSON object per line, as the "
+                             f"trainer writes; delete or repair that line (the run then "
+                             f"resumes), or choose another --workdir")
+        if record is not None:
+            records.append(record)
+        offset += len(line) + 1
+    return records, None
+
+
 class MetricsLog:
     """Appends records to `workdir/metrics.jsonl` (only where `enabled`: process 0)."""
 
@@ -53,19 +93,37 @@ class MetricsLog:
         self.path = pathlib.Path(workdir) / METRICS_FILE
         self.enabled = enabled
 
-    def read(self) -> list[dict]:
-        """All records, oldest first ([] if none)."""
+    def _parsed(self) -> tuple[list[dict], Optional[int]]:
         if not self.path.is_file():
-            return []
-        return [json.loads(line) for line in self.path.read_text().splitlines() if line]
+            return [], None
+        return parse_records(self.path.read_bytes(), self.path)
 
-    def truncate_after(self, step: int) -> None:
-        """Drop the records of steps after `step` (left by a run killed after its checkpoint)."""
+    def read(self) -> list[dict]:
+        """All complete records, oldest first ([] if none; a torn last line left out).
+
+        Raises:
+          InputError: a damaged line before the last (`parse_records`).
+        """
+        return self._parsed()[0]
+
+    def truncate_after(self, step: int) -> Optional[str]:
+        """Drop the records of steps after `step` (left by a run killed after its checkpoint)
+        and a torn last line (a write cut short), so that the next record is appended after
+        the last complete one. Returns the warning to show when a torn line was dropped.
+
+        Raises:
+          InputError: a damaged line before the last (`parse_records`).
+        """
         if not self.enabled or not self.path.is_file():
-            return
-        kept = [r for r in self.read() if r["step"] <= step]
+            return None
+        records, torn_at = self._parsed()
+        kept = [r for r in records if r["step"] <= step]
         text = "".join(json.dumps(r) + "\n" for r in kept)
         replace_atomically(self.path, lambda handle: handle.write(text.encode()))
+        if torn_at is None:
+            return None
+        return (f"warning: {self.path}: dropped its last line, from byte {torn_at}: not a "
+                f"complete record (a write cut short by a crash)")
 
     def write(self, record: dict) -> None:
         """Append one record."""
