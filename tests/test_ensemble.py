@@ -209,9 +209,9 @@ def test_train_ensemble_command(tmp_path, capsys):
     assert json.loads((workdir / "ensemble.json").read_text())["members"] == ["member_0",
                                                                              "member_1"]
     assert (workdir / "run.json").read_text() == (workdir / "member_0" / "run.json").read_text()
-    model, _, held = evaluate.load_inputs(evaluate.Options(str(workdir)))
+    model, _, data = evaluate.load_inputs(evaluate.Options(str(workdir)))
     assert isinstance(model.params, jglow.EnsembleParams) and model.params.size == 2
-    assert np.all(np.isfinite(jglow.log_prob(model.params, held.x[:4], held.z[:4])))
+    assert np.all(np.isfinite(jglow.log_prob(model.params, data.test.x[:4], data.test.z[:4])))
 
 
 @pytest.mark.parametrize("flags, message", [

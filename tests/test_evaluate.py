@@ -13,6 +13,7 @@ from helpers import adam_steps
 
 import jglow
 from jglow import stats
+from jglow.posterior.recalibration import TEMPERATURES
 from jglow.saving import TrainedModel
 from jglow.train import checkpoints, evaluate, report
 from jglow.train.config import build_parser, config_from_args
@@ -189,6 +190,22 @@ def test_the_report_numbers_agree_with_their_definitions(evaluated):
         assert empirical[68] == entry["coverage"]["0.68"]["empirical"]
         assert all(sum(c) == 6 for c in entry["rank_histograms"]["counts"].values())
         assert f"{entry['max_deviation']:.3g}" in markdown
+
+
+def test_a_temperature_is_fitted_on_validation_maps_and_saved_for_infer(workdir, tmp_path):
+    model, _, data = evaluate.load_inputs(evaluate.Options(str(workdir)))
+    options = evaluate.Options(str(workdir), n_maps=12, grid=5, progress=False)
+    record = evaluate.fitted_temperature(model, data.validation, options, tmp_path)
+    assert record["n_maps"] == 12 and record["fitted_on"] == "validation"
+    assert record["temperature"] in TEMPERATURES
+    assert record["distance_after"] <= record["distance_before"]
+    assert json.loads((tmp_path / report.RECALIBRATION_FILE).read_text()) == record
+    (tmp_path / "evaluation").mkdir()
+    shutil.copy(tmp_path / report.RECALIBRATION_FILE, tmp_path / "evaluation")
+    assert report.saved_temperature(tmp_path) == record["temperature"]
+    assert report.saved_temperature(tmp_path / "elsewhere") is None
+    few = options._replace(n_maps=evaluate.MIN_RECALIBRATION_MAPS - 1)
+    assert evaluate.fitted_temperature(model, data.validation, few, tmp_path / "none") is None
 
 
 def test_the_measured_calibration_is_in_the_headline_and_what_infer_prints(evaluated, workdir,

@@ -68,6 +68,8 @@ from jglow.data import (BOX_SIZE, SPLIT_FRACTIONS, SPLIT_SEED, MapSet, load_maps
                         sample_synthetic, split_by_simulation)
 from jglow.data.recipe import EXACT_LIKELIHOOD
 from jglow.posterior.density import parameter_names
+from jglow.posterior.recalibration import (TemperedLikelihood, coverage_distance,
+                                           credible_levels, fit_temperature)
 from jglow.posterior.summary import SummaryLikelihood, fit_summary_likelihood
 from jglow.saving import TrainedModel
 from jglow.stats import (ks_distance, mean_std_power, pixel_pdfs, power_spectrum, r2_score,
@@ -85,6 +87,8 @@ CPU_BATCH = 256
 """Maps per model call by default on the CPU."""
 ACCELERATOR_MAX_BATCH = 4096
 """On an accelerator, the most maps per model call by default whatever the memory."""
+MIN_RECALIBRATION_MAPS = 10
+"""The fewest validation maps a likelihood temperature is fitted on."""
 MEASURED_MAPS = 8
 """Maps of the sampling program whose memory gives the memory per map."""
 
@@ -103,6 +107,7 @@ class Options(NamedTuple):
     seed: int = 0
     progress: bool = True
     zoom: bool = True
+    recalibrate: bool = True
 
 
 # --- inputs ----------------------------------------------------------------------------------
@@ -117,11 +122,25 @@ def run_config(workdir) -> TrainConfig:
     return TrainConfig.from_identity(json.loads(path.read_text()))
 
 
-def held_out(config: TrainConfig, model: TrainedModel) -> tuple:
-    """`(test Split in model space under model.preprocessing, training MapSet)` of the data
-    `config.data`, split by simulation as the run split it."""
+class HeldOut(NamedTuple):
+    """The data an evaluation uses besides the model.
+
+    Attributes:
+      test: the test split in model space (the maps judged).
+      train: the training maps (`MapSet`), to fit the summary-statistic baseline.
+      validation: the validation maps (`MapSet`), to fit a recalibration.
+    """
+
+    test: Split
+    train: MapSet
+    validation: MapSet
+
+
+def held_out(config: TrainConfig, model: TrainedModel) -> HeldOut:
+    """The splits of the data `config.data`, split by simulation as the run split it; the test
+    split in model space under `model.preprocessing`."""
     mapset = load_mapset(config.data, config.model.image_shape[0], config.n_sims)
-    train, _, test = split_by_simulation(mapset, SPLIT_FRACTIONS, SPLIT_SEED)
+    train, validation, test = split_by_simulation(mapset, SPLIT_FRACTIONS, SPLIT_SEED)
     sims, counts = np.unique(test.sim, return_counts=True)
     if not len(sims) or counts.min() < 2:
         raise UsageError(f"{config.data}: the test split holds {len(test)} maps of {len(sims)} "
@@ -129,7 +148,34 @@ def held_out(config: TrainConfig, model: TrainedModel) -> tuple:
     maps = np.asarray(test.maps)
     x = np.asarray(model.preprocessing.forward_maps(maps))
     z = np.asarray(model.preprocessing.forward_params(test.params))
-    return Split(x, z, maps, np.asarray(test.params), np.asarray(test.sim)), train
+    split = Split(x, z, maps, np.asarray(test.params), np.asarray(test.sim))
+    return HeldOut(split, train, validation)
+
+
+def fitted_temperature(model: TrainedModel, validation: MapSet, options: Options,
+                       out: pathlib.Path) -> dict:
+    """A likelihood temperature (`jglow.posterior.recalibration`) fitted on the grid
+    posteriors of `options.n_maps` validation maps spread over the validation simulations,
+    saved to `out / report.RECALIBRATION_FILE` for `train.infer`. Returns its record:
+    `temperature`, `n_maps` and the validation coverage distance before and after; None (and
+    nothing saved) with fewer than `MIN_RECALIBRATION_MAPS` validation maps."""
+    chosen = spread_maps(validation.sim, options.n_maps)
+    if len(chosen) < MIN_RECALIBRATION_MAPS:
+        return None
+    maps, truths = np.asarray(validation.maps[chosen]), validation.params[chosen]
+    likelihood = posterior.ModelLikelihood(model.params, model.preprocessing)
+    posteriors = posterior.grid_posteriors(
+        likelihood, maps, options.grid, model.preprocessing.box,
+        map_batch=infer.default_map_batch(model.params, infer.points_per_map(
+            options.grid, options.zoom, model.preprocessing.box)),
+        truths=np.asarray(truths, np.float64), zoom=options.zoom,
+        progress="validation posteriors" if options.progress else None)
+    temperature = fit_temperature(posteriors)
+    record = {"temperature": temperature, "fitted_on": "validation", "n_maps": len(chosen),
+              "distance_before": coverage_distance(credible_levels(posteriors)),
+              "distance_after": coverage_distance(credible_levels(posteriors, temperature))}
+    (out / report.RECALIBRATION_FILE).write_text(json.dumps(record, indent=2))
+    return record
 
 
 def fitted_baseline(train: MapSet, box, out: pathlib.Path) -> SummaryLikelihood:
@@ -456,8 +502,7 @@ def check_options(options: Options) -> None:
 
 
 def load_inputs(options: Options) -> tuple:
-    """`(model, config with the evaluated data, held-out Split, training MapSet)` for
-    `options`."""
+    """`(model, config with the evaluated data, HeldOut)` for `options`."""
     workdir = pathlib.Path(options.model)
     if not workdir.is_dir():
         raise UsageError(f"--model {options.model!r}: no such directory; expected the workdir "
@@ -469,7 +514,7 @@ def load_inputs(options: Options) -> tuple:
                          f"model is {model.config}")
     if options.data is not None:
         config = dataclasses.replace(config, data=options.data)
-    return (model, config, *held_out(config, model))
+    return model, config, held_out(config, model)
 
 
 def command_line(options: Options) -> str:
@@ -477,7 +522,7 @@ def command_line(options: Options) -> str:
     defaults, parts = Options(options.model), ["python -m train.evaluate --model", options.model]
     for name, value in options._asdict().items():
         if name != "model" and value != getattr(defaults, name):
-            switch = name in ("progress", "zoom")  # True by default, turned off by --no-NAME
+            switch = name in ("progress", "zoom", "recalibrate")  # turned off by --no-NAME
             flag = "--" + ("no-" + name if switch else name.replace("_", "-"))
             parts += [flag] if switch else [flag, str(value)]
     return " ".join(parts)
@@ -487,7 +532,8 @@ def evaluate(options: Options) -> dict:
     """Write the report of `options.model` (module docstring); returns the report dict."""
     check_options(options)
     started = time.perf_counter()
-    model, config, held, train = load_inputs(options)
+    model, config, data = load_inputs(options)
+    held = data.test
     command = command_line(options)
     options = options._replace(batch=options.batch or default_batch(model.params))
     out = pathlib.Path(options.out or pathlib.Path(options.model) / "evaluation")
@@ -502,8 +548,16 @@ def evaluate(options: Options) -> dict:
 
     synthetic = config.data == EXACT_LIKELIHOOD
     references = {"exact": posterior.SyntheticLikelihood(BOX_SIZE)} if synthetic else {}
-    references["baseline"] = timed("baseline_fit", fitted_baseline, train,
+    references["baseline"] = timed("baseline_fit", fitted_baseline, data.train,
                                    model.preprocessing.box, out)
+    recalibration = None
+    if options.recalibrate:
+        recalibration = timed("recalibration", fitted_temperature, model, data.validation,
+                              options, out)
+    if recalibration is not None:
+        references["recalibrated"] = TemperedLikelihood(
+            posterior.ModelLikelihood(model.params, model.preprocessing),
+            recalibration["temperature"])
     ctx = Context(model, held, options, out, synthetic, references)
     samples = timed("sampling", sample_sets, ctx)
     held_log = figures.log10_maps(model.preprocessing, held.x)
@@ -523,6 +577,7 @@ def evaluate(options: Options) -> dict:
         "options": options._asdict(), **sections, "exact_generator": exact,
         "likelihood": timed("likelihood", likelihood_section, ctx),
         "inference": timed("inference", inference_section, ctx),
+        "recalibration": recalibration,
         "health": timed("health", lambda: health_section(samples, reconstruction_section(ctx))),
     }
     timed("figures", report.write_figures, out, result, held, held_log, held_pk, samples, spectra)
@@ -554,12 +609,14 @@ def parse_args(argv=None) -> Options:
     add("--seed", type=int, default=defaults["seed"],
         help="seed of the samples (default: %(default)s)")
     add("--no-progress", action="store_true", help="no progress bars")
+    add("--no-recalibrate", action="store_true", help="do not fit a likelihood temperature on "
+        "validation maps (the recalibrated posteriors are reported beside the model's)")
     add("--no-zoom", action="store_true", help="posteriors on the plain grid over the prior box "
         "instead of a coarse pass and a fine grid per map")
     args = parser.parse_args(argv)
     return Options(args.model, args.data, args.out, args.n_maps, args.samples_per_sim,
                    args.grid, args.figures, args.batch, args.seed, not args.no_progress,
-                   not args.no_zoom)
+                   not args.no_zoom, not args.no_recalibrate)
 
 
 @cli.command

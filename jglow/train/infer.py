@@ -36,6 +36,7 @@ from jglow import backend, posterior
 from jglow.data import BOX_SIZE, PRIOR_BOX, synthetic_maps
 from jglow.errors import InputError
 from jglow.posterior.grid import evaluations_per_chunk
+from jglow.posterior.recalibration import TemperedLikelihood
 from jglow.saving import load
 from jglow.train import cli, report
 
@@ -82,7 +83,8 @@ def _write_json(path, data):
         json.dump(data, f, indent=2)
 
 
-REFERENCE_LABELS = {"exact": "exact likelihood", "baseline": "power spectrum + moments"}
+REFERENCE_LABELS = {"exact": "exact likelihood", "baseline": "power spectrum + moments",
+                    "recalibrated": "recalibrated model"}
 """How figures name the reference likelihoods a model's posteriors are compared with."""
 
 
@@ -265,9 +267,12 @@ def run(argv=None) -> dict:
         maps, truths = load_maps(args.map, args.params)
     grid = args.grid[0] if len(args.grid) == 1 else tuple(args.grid)
     references = {"exact": posterior.SyntheticLikelihood(args.box_size)} if args.synthetic else {}
-    baseline = report.saved_baseline(args.model)
+    baseline, temperature = report.saved_baseline(args.model), report.saved_temperature(args.model)
     if baseline is not None:
         references["baseline"] = baseline
+    if temperature is not None:
+        references["recalibrated"] = TemperedLikelihood(
+            posterior.ModelLikelihood(model.params, model.preprocessing), temperature)
     summary = infer(model, maps, args.out or os.path.join(args.model, "inference"), truths,
                     references, grid, args.chunk_size, args.map_batch, args.figures, args.refine,
                     zoom=not args.no_zoom)
