@@ -8,8 +8,8 @@ import scipy.integrate
 from colossus.cosmology import cosmology as colossus_cosmology
 
 from jglow.data import cosmology, hi_like, load_camels, load_mapset
-from jglow.data.make import main as make_main
-from jglow.data.make import write
+from jglow.train.make_data import main as make_main
+from jglow.train.make_data import write
 from jglow.stats import power_spectrum
 from jglow.train.config import build_parser, config_from_args, data_line
 from jglow.train.main import run
@@ -186,12 +186,13 @@ def test_written_files_round_trip_through_load_camels(tmp_path, kind, suite):
 
 
 def test_make_refuses_to_overwrite_and_bad_sizes(tmp_path, capsys):
-    assert make_main(["--sims", "1", "--size", "8", str(tmp_path)]) == 0
-    assert make_main(["--sims", "1", "--size", "8", str(tmp_path)]) == 2
+    out = ["--out", str(tmp_path)]
+    assert make_main(["--sims", "1", "--size", "8", *out]) == 0
+    assert make_main(["--sims", "1", "--size", "8", *out]) == 2
     assert "exist; pass --overwrite" in capsys.readouterr().err
-    assert make_main(["--sims", "1", "--size", "12", str(tmp_path / "b")]) == 2
+    assert make_main(["--sims", "1", "--size", "12", "--out", str(tmp_path / "b")]) == 2
     assert "--size must be a power of two >= 4, got 12" in capsys.readouterr().err
-    assert make_main(["--sims", "1", "--size", "8", "--overwrite", str(tmp_path)]) == 0
+    assert make_main(["--sims", "1", "--size", "8", "--overwrite", *out]) == 0
 
 
 def test_every_preset_trains_on_a_fixed_set_of_files(tmp_path, capsys):

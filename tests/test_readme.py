@@ -8,8 +8,8 @@ leading `NAME=value` words set the environment). Each command must be one of:
 * `python -m train.X ...` (a checkout's entry point) or `jglow-X ...` (a console script of
   pyproject.toml): the command's own parser accepts its flags exactly as written and they give a
   valid configuration; the files it reads (`--data`, `--map`, `--params`) exist in the
-  repository, and `--model` names the workdir of an earlier command or a folder of the
-  repository. These commands then all run, in README order, in a temporary folder, with tiny
+  repository or are written by an earlier command (`train.make_data --out`), and `--model`
+  names the workdir of an earlier command or a folder of the repository. These commands then all run, in README order, in a temporary folder, with tiny
   settings appended to their flags (`test_the_readme_workflow_runs_on_tiny_settings`).
 * `python PATH.py ...`: a script of the repository whose argparse parser accepts the flags
   (their paths are not checked: the benchmarks' `--reference` is a checkout outside it).
@@ -37,7 +37,8 @@ from unittest import mock
 
 import pytest
 
-from jglow.train import evaluate, infer
+from jglow.data.recipe import SIMULATORS
+from jglow.train import evaluate, infer, make_data
 from jglow.train.config import build_parser, config_from_args
 from jglow.train.ensemble import build_ensemble_parser
 
@@ -168,6 +169,8 @@ def parsed_flags(module: str, argv: list) -> dict:
         options = evaluate.parse_args(argv)
         evaluate.check_options(options)
         return options._asdict()
+    if module == "jglow.train.make_data":
+        return vars(make_data.build_parser().parse_args(argv))
     return vars(infer.parse_args(argv))
 
 
@@ -183,15 +186,20 @@ def in_repository(path: str) -> pathlib.Path:
 
 def command_problem(words: list, module: str, workdirs: set) -> str | None:
     """Why the command of `module` with the flags of `words` would fail before running, if so;
-    `workdirs`: those the README's earlier commands train, to which it adds its own."""
+    `workdirs`: those the README's earlier commands write (workdirs and data folders), to which
+    it adds its own."""
     try:
         flags = parsed_flags(module, flags_of(words))
     except ValueError as error:
         return f"refused: {error}"
     for name in ("data", "map", "params"):
         value = flags.get(name)
-        if value not in (None, "synthetic") and not in_repository(value).exists():
-            return f"--{name} {value}: no such file or folder in the repository"
+        if value not in (None, *SIMULATORS) and not in_repository(value).exists() and (
+                os.path.normpath(value) not in workdirs):
+            return (f"--{name} {value}: no such file or folder in the repository, nor written "
+                    f"by an earlier command of the README")
+    if module == "jglow.train.make_data":
+        workdirs.add(os.path.normpath(flags["out"]))
     model = flags.get("model")
     if model is not None and os.path.normpath(model) not in workdirs and not (
             in_repository(model).is_dir()):
@@ -350,7 +358,8 @@ TINY = {"jglow.train.main": TINY_TRAINING,
         "jglow.train.ensemble": TINY_TRAINING + ["--members", "2"],
         "jglow.train.evaluate": ["--n-maps", "2", "--samples-per-sim", "2", "--grid", "3",
                                  "--figures", "0", "--batch", "16", "--no-progress"],
-        "jglow.train.infer": ["--grid", "3", "--figures", "0"]}
+        "jglow.train.infer": ["--grid", "3", "--figures", "0"],
+        "jglow.train.make_data": ["--sims", "10", "--size", "16"]}
 """The settings appended to each command's flags in the end-to-end run."""
 OUTPUT_FLAGS = ("--workdir", "--out", "--model")
 INPUT_FLAGS = ("--data", "--map", "--params")
@@ -358,13 +367,15 @@ INPUT_FLAGS = ("--data", "--map", "--params")
 
 def in_temporary_folder(argv: list, root: pathlib.Path) -> list:
     """`argv` with absolute output paths moved under `root` (relative ones are written in the
-    working folder, `root`) and the repository's input files given by absolute paths."""
+    working folder, `root`) and the repository's input files given by absolute paths (inputs
+    that an earlier command wrote under `root` are left relative to it)."""
     moved = list(argv)
     for i, word in enumerate(argv[:-1]):
-        if word in OUTPUT_FLAGS and os.path.isabs(argv[i + 1]):
-            moved[i + 1] = str(root / pathlib.Path(argv[i + 1]).relative_to("/"))
-        elif word in INPUT_FLAGS and argv[i + 1] != "synthetic":
-            moved[i + 1] = str(in_repository(argv[i + 1]))
+        value = argv[i + 1]
+        if word in OUTPUT_FLAGS and os.path.isabs(value):
+            moved[i + 1] = str(root / pathlib.Path(value).relative_to("/"))
+        elif word in INPUT_FLAGS and value not in SIMULATORS and not (root / value).exists():
+            moved[i + 1] = str(in_repository(value))
     return moved
 
 
@@ -377,6 +388,8 @@ def expected_output(module: str, flags: dict) -> pathlib.Path:
     if module == "jglow.train.evaluate":
         return pathlib.Path(flags["out"] or pathlib.Path(flags["model"]) / "evaluation",
                             "report.json")
+    if module == "jglow.train.make_data":
+        return make_data.output_paths(flags["out"], flags["kind"])[0]
     return pathlib.Path(flags["out"] or pathlib.Path(flags["model"]) / "inference", "summary.json")
 
 

@@ -1,6 +1,6 @@
 """Write simulated maps in the CAMELS Multifield layout, for the trainer's `--data DIR`.
 
-    python -m jglow.data.make --kind hi-like --sims 1000 --size 32 OUT
+    python -m train.make_data --kind hi-like --sims 1000 --size 32 --out OUT
 
 writes `OUT/Maps_HI_<Suite>_LH_z=0.00.npy` (`(15 S, size, size)` float32 column densities)
 and `OUT/params_LH_<Suite>.txt` (`S` rows of Ωm, σ8, A_SN1, A_AGN1, A_SN2, A_AGN2), the
@@ -71,7 +71,7 @@ def write(out, kind, n_sims, size, seed=0, overwrite=False):
 def build_parser():
     parser = ArgumentParser(description="Simulate maps and write them in the CAMELS "
                                         "Multifield layout (maps .npy and parameter table).")
-    parser.add_argument("out", help="output folder (created)")
+    parser.add_argument("--out", required=True, help="output folder (created)")
     parser.add_argument("--kind", choices=sorted(SUITES), default="hi-like",
                         help="hi-like: HI-like maps from 2LPT density with feedback "
                              "(jglow.data.hi_like); lognormal: the maps with an exact "
