@@ -9,14 +9,17 @@ leading `NAME=value` words set the environment). Each command must be one of:
   pyproject.toml): the command's own parser accepts its flags exactly as written and they give a
   valid configuration; the files it reads (`--data`, `--map`, `--params`) exist in the
   repository or are written by an earlier command (`train.make_data --out`), and `--model`
-  names the workdir of an earlier command or a folder of the repository. These commands then all run, in README order, in a temporary folder, with tiny
-  settings appended to their flags (`test_the_readme_workflow_runs_on_tiny_settings`).
+  names the workdir of an earlier command or a folder of the repository. These commands then all
+  run, in README order, in a temporary folder, with tiny settings appended to their flags
+  (`test_the_readme_workflow_runs_on_tiny_settings`).
 * `python PATH.py ...`: a script of the repository whose argparse parser accepts the flags
   (their paths are not checked: the benchmarks' `--reference` is a checkout outside it).
 * `pip install ...`: an install of the checkout, `.` or `.[EXTRAS]` with extras of pyproject.toml.
 * `python -m pytest ...`, `ruff ...`: exactly the test (lint) command of `.ci/run`.
 
-Any other command fails the test, naming its README line.
+Any other command fails the test, naming its README line. The shell blocks of the user guide
+(docs/guide.md) are checked the same way, after the README's. The README's Python snippet and the
+guide's run as written.
 """
 
 from __future__ import annotations
@@ -35,9 +38,13 @@ import tomllib
 from typing import NamedTuple
 from unittest import mock
 
+import jax
 import pytest
 
+import jglow
+from jglow.data import fit_preprocessing, synthetic_maps
 from jglow.data.recipe import SIMULATORS
+from jglow.saving import TrainedModel
 from jglow.train import evaluate, infer, make_data
 from jglow.train.config import build_parser, config_from_args
 from jglow.train.ensemble import build_ensemble_parser
@@ -326,7 +333,8 @@ def test_wrong_and_unclassified_commands_are_reported_with_their_lines():
         "the workdir of an earlier command of the README (['runs/a']) nor a folder of the "
         "repository",
         "README.md line 7: `python -m train.infer --model runs/a --map maps.npy`: --map maps.npy: "
-        "no such file or folder in the repository",
+        "no such file or folder in the repository, nor written by an earlier command of the "
+        "README",
         "README.md line 8: `pip install numpy`: expected `pip install [-e] .` or `.[EXTRAS]`",
         "README.md line 8: `pip install -e '.[docs]'`: extras ['docs'] are not in "
         "pyproject.toml's ['dev']",
@@ -346,6 +354,16 @@ def test_every_readme_command_is_classified_and_its_flags_parse():
     commands = commands_of((REPO / "README.md").read_text())
     assert any(command_main(c.words) for c in commands), "the README shows no jglow command"
     assert problems((REPO / "README.md").read_text()) == []
+
+
+def test_every_command_of_the_guide_is_classified_and_its_flags_parse():
+    """The guide's commands may use the workdirs of the README's."""
+    readme = (REPO / "README.md").read_text()
+    guide = (REPO / "docs" / "guide.md").read_text()
+    found = problems(readme + "\n" + guide)
+    offset = len(readme.splitlines()) + 1
+    assert found == [], [re.sub(r"README.md line (\d+)", lambda m: f"docs/guide.md line "
+                                f"{int(m[1]) - offset}", problem) for problem in found]
 
 
 TINY_TRAINING = ["--map-size", "16", "--levels", "1", "--steps", "2", "--hidden", "8",
@@ -419,3 +437,29 @@ def test_the_readme_workflow_runs_on_tiny_settings(tmp_path, monkeypatch):
 def test_every_console_script_is_a_command_the_readme_test_can_run(script):
     module = PYPROJECT["project"]["scripts"][script].split(":")[0]
     assert command_main([script])[1] == module and module in TINY
+
+
+def python_blocks(text: str) -> list:
+    """The code of each ```python block of the Markdown `text`, in order."""
+    return re.findall(r"^```python\n(.*?)^```", text, flags=re.S | re.M)
+
+
+def test_the_readme_python_snippet_runs_as_written_on_a_trained_model(tmp_path, monkeypatch,
+                                                                        capsys):
+    maps = synthetic_maps(4, 15, size=16, seed=0)
+    preprocessing = fit_preprocessing(maps.maps)
+    x = preprocessing.forward_maps(maps.maps)
+    z = preprocessing.forward_params(maps.params)
+    config = jglow.GlowConfig(image_shape=(16, 16, 1), levels=2, steps=2, hidden=8)
+    params = jglow.init(jax.random.key(0), config, x, z)
+    jglow.save(tmp_path / "runs" / "quick", TrainedModel(config, params, preprocessing))
+    monkeypatch.chdir(tmp_path)
+    (snippet,) = python_blocks((REPO / "README.md").read_text())
+    exec(compile(snippet, "README.md", "exec"), {})
+    printed = capsys.readouterr().out.splitlines()
+    assert len(printed) == 3 and all(line.startswith("truth [") for line in printed)
+
+
+def test_the_guide_python_block_runs_as_written(capsys):
+    (block,) = python_blocks((REPO / "docs" / "guide.md").read_text())
+    exec(compile(block, "docs/guide.md", "exec"), {})
