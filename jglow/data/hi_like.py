@@ -56,7 +56,7 @@ from tqdm import tqdm
 
 from jglow.data import cosmology
 from jglow.data.mapset import MapSet
-from jglow.data.prior import PRIOR_BOX
+from jglow.data.prior import PRIOR_BOX, latin_hypercube
 
 BOX_SIZE = 25.0
 """Side of the periodic box in Mpc/h, CAMELS's."""
@@ -104,14 +104,10 @@ FEEDBACK = Feedback()
 def draw_parameters(n_sims, rng):
     """`(n_sims, 6)` float64 parameters on a Latin hypercube: Ωm, σ8 uniform over `PRIOR_BOX`,
     the four feedback amplitudes log-uniform over `FEEDBACK_BOX`."""
-    strata = np.stack([rng.permutation(n_sims) for _ in range(6)], axis=1)
-    unit = (strata + rng.uniform(size=strata.shape)) / n_sims
-    (om_lo, om_hi), (s8_lo, s8_hi) = PRIOR_BOX
-    log_low, log_high = np.log(np.asarray(FEEDBACK_BOX)).T
-    cosmological = np.stack([om_lo + unit[:, 0] * (om_hi - om_lo),
-                             s8_lo + unit[:, 1] * (s8_hi - s8_lo)], axis=1)
-    feedback = np.exp(log_low + unit[:, 2:] * (log_high - log_low))
-    return np.concatenate([cosmological, feedback], axis=1)
+    log_feedback = [tuple(np.log(interval)) for interval in FEEDBACK_BOX]
+    table = latin_hypercube(n_sims, box=(*PRIOR_BOX, *log_feedback), rng=rng)
+    table[:, 2:] = np.exp(table[:, 2:])
+    return table
 
 
 def _wavevectors(m, box):
