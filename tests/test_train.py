@@ -32,7 +32,8 @@ from jglow.train.lock import hold
 from jglow.train.main import (RunInterrupted, RunResult, TrainingStopped, compiled_functions,
                               initial_state, main, run)
 from jglow.train.metrics import parse_records
-from jglow.train.state import end_epoch, init_state, learning_rate, loss_fn, record_validation
+from jglow.train.state import (CONDITION_NOISE_STREAM, end_epoch, init_state, learning_rate,
+                               loss_fn, record_validation)
 from jglow.train.stopping import NoSignals, StopRequested, StopSignals
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
@@ -584,6 +585,29 @@ def test_the_moving_average_follows_its_recursion_and_leaves_the_constants_exact
         else:
             np.testing.assert_array_equal(ours, current)  # the 1×1-conv constants, bit for bit
     assert moved > 1e-4  # the average lags the trained parameters
+
+
+def test_condition_noise_moves_each_maps_conditions_by_its_own_draw():
+    """The step's loss is that of the conditions plus `condition_noise` times the normal draw
+    of `fold_in(fold_in(rng, step), CONDITION_NOISE_STREAM)` (after 5 steps: the conditioner
+    networks start at zero, so the first loss does not depend on the conditions)."""
+    import dataclasses
+    config = dataclasses.replace(tiny("--no-augment"), condition_noise=0.3)
+    mesh = parallel.make_mesh(jax.devices()[:1])
+    state = initial_state(config, tiny_data(), mesh)
+    x, z = tiny_data().train.x[:16], tiny_data().train.z[:16]
+    step = compiled_functions(config, mesh, TOTAL_STEPS)["step"]
+    for _ in range(5):
+        state, _ = step(state, x, z)
+    key = jax.random.fold_in(jax.random.wrap_key_data(state.rng), 5)
+    noise = jax.random.normal(jax.random.fold_in(key, CONDITION_NOISE_STREAM), z.shape)
+    expected = float(loss_fn(state.params, x, z + 0.3 * noise))
+    without_noise = float(loss_fn(state.params, x, z))
+    _, metrics = step(state, x, z)  # the state is donated
+    assert float(metrics["loss"]) == pytest.approx(expected, rel=1e-5)
+    assert float(metrics["loss"]) != pytest.approx(without_noise, rel=1e-4)
+    with pytest.raises(UsageError, match=r"--condition-noise must be in \[0, 1\)"):
+        tiny("--condition-noise", "1.5")
 
 
 def test_fresh_data_gives_new_simulations_each_epoch_as_a_function_of_seed_and_epoch():
