@@ -209,7 +209,7 @@ def test_train_ensemble_command(tmp_path, capsys):
     assert json.loads((workdir / "ensemble.json").read_text())["members"] == ["member_0",
                                                                              "member_1"]
     assert (workdir / "run.json").read_text() == (workdir / "member_0" / "run.json").read_text()
-    model, _, held = evaluate.load_inputs(evaluate.Options(str(workdir)))
+    model, _, held, _ = evaluate.load_inputs(evaluate.Options(str(workdir)))
     assert isinstance(model.params, jglow.EnsembleParams) and model.params.size == 2
     assert np.all(np.isfinite(jglow.log_prob(model.params, held.x[:4], held.z[:4])))
 
