@@ -66,10 +66,11 @@ def check_latents(config: GlowConfig, latents) -> int:
 
 def real_array(value, name: str):
     """`value` as a float32 jax array. Concrete values must be real numbers: complex values,
-    strings and other objects are refused (`InputError` naming the dtype); traced ones pass."""
+    strings and other objects are refused (`InputError` naming the dtype); traced ones pass.
+    A jax array stays where it is (no copy to the host)."""
     if isinstance(value, jax.core.Tracer):
         return jnp.asarray(value, jnp.float32)
-    array = np.asarray(value)
+    array = value if isinstance(value, jax.Array) else np.asarray(value)
     if array.dtype.kind == "c":
         raise InputError(f"{name} is complex ({array.dtype}); expected real numbers")
     if array.dtype.kind not in "biuf":
@@ -78,8 +79,9 @@ def real_array(value, name: str):
 
 
 def concrete_values(array, name: str, item: str) -> None:
-    """`first_non_finite` of `array` `(N, ...)` unless it is traced."""
-    if not isinstance(array, jax.core.Tracer):
+    """`first_non_finite` of `array` `(N, ...)` unless it is traced; only a failing array is
+    copied to the host to find its first bad value."""
+    if not isinstance(array, jax.core.Tracer) and not bool(jnp.all(jnp.isfinite(array))):
         first_non_finite(array, name, item)
 
 
