@@ -146,13 +146,15 @@ def _edit(record: dict, edit: str) -> str:
 
 
 def _bad_maps(folder, kind):
-    """A `.npy` (or `.npz`) file of maps of the given bad `kind`."""
+    """A `.npy` file (an `.npz`, a folder) of maps of the given bad `kind`."""
     path = folder / ("maps.npz" if kind == "npz" else "maps.npy")
     arrays = {"strings": np.array([["a", "b"], ["c", "d"]]),
               "objects": np.array([1.0, "a", None], dtype=object),
               "empty": np.ones((0, 16, 16), np.float32), "rank": np.ones(16, np.float32),
               "nan": _at(np.full((2, 16, 16), 1e9, np.float32), (1, 2, 3), np.nan)}
-    if kind == "npz":
+    if kind == "folder":
+        path.mkdir()
+    elif kind == "npz":
         np.savez(path, maps=np.ones((1, 16, 16)))
     else:
         np.save(path, arrays[kind], allow_pickle=True)
@@ -166,6 +168,7 @@ MAPS = np.exp(np.random.default_rng(0).normal(0.0, 0.3, (2, 16, 16))).astype(np.
     ("strings", "--map {path}: holds values of dtype <U1; expected real numbers"),
     ("objects", "--map {path}: holds values of dtype object; expected real numbers"),
     ("npz", "--map {path}: an .npz archive; expected a .npy file of one array (numpy.save)"),
+    ("folder", "--map {path}: a folder; expected a .npy file of one array (numpy.save)"),
     ("empty", "{path}: holds no maps (shape (0, 16, 16)); expected at least one map"),
     ("rank", "{path}: expected maps of shape (H, W) or (N, H, W), got (16,)"),
     ("nan", "--map {path}: map 1 has pixel value nan at (row 2, column 3); expected strictly "

@@ -1,6 +1,8 @@
 """Reading `.npy` files of numbers, scanning (possibly memory-mapped) map stacks in bounded
 chunks, and the positivity check."""
 
+import os
+
 import numpy as np
 
 from jglow.errors import InputError
@@ -13,10 +15,13 @@ ZIP_MAGIC = b"PK\x03\x04"
 def load_numbers(path, flag: str) -> np.ndarray:
     """The array of real numbers in the `.npy` file `path`, memory-mapped (read-only).
 
-    Raises `InputError` naming `flag` and `path` for an `.npz` archive, a file that is not
-    `.npy`, or an array of other values (strings, Python objects, complex numbers), read from
-    its header before any data; `FileNotFoundError` for an absent file.
+    Raises `InputError` naming `flag` and `path` for a folder, an `.npz` archive, a file that is
+    not `.npy`, or an array of other values (strings, Python objects, complex numbers), read
+    from its header before any data; `FileNotFoundError` for an absent file.
     """
+    if os.path.isdir(path):
+        raise InputError(f"{flag} {path}: a folder; expected a .npy file of one array "
+                         f"(numpy.save)")
     with open(path, "rb") as handle:
         magic = handle.read(len(NPY_MAGIC))
         if magic.startswith(ZIP_MAGIC):
