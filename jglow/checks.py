@@ -80,8 +80,13 @@ def real_array(value, name: str):
 
 def concrete_values(array, name: str, item: str) -> None:
     """`first_non_finite` of `array` `(N, ...)` unless it is traced; only a failing array is
-    copied to the host to find its first bad value."""
-    if not isinstance(array, jax.core.Tracer) and not bool(jnp.all(jnp.isfinite(array))):
+    copied to the host to find its first bad value. The reduction runs at once even inside a
+    trace of another function (`jax.ensure_compile_time_eval`)."""
+    if isinstance(array, jax.core.Tracer):
+        return
+    with jax.ensure_compile_time_eval():
+        finite = bool(jnp.all(jnp.isfinite(array)))
+    if not finite:
         first_non_finite(array, name, item)
 
 
