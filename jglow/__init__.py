@@ -1,7 +1,9 @@
 """jglow: a functional JAX/Flax conditional Glow for cosmological field maps (HIGlow).
 
 `log_prob`, `sample`, `encode` and `decode` take one model's `GlowParams` or an ensemble's
-`EnsembleParams` (`jglow.ensemble`, a mixture of models; `encode`/`decode` refuse it).
+`EnsembleParams` (`jglow.ensemble`, a mixture of models; `encode`/`decode` refuse it). They check
+concrete inputs (`jglow.checks`): finite real values, conditions `z` in the prior box `[−1, 1]`
+unless called with `extrapolate=True`; a batch of 0 maps gives empty results.
 
 The two-phase form of `log_prob`, for one model's `GlowParams`: `condition(params, z)` does once
 the work that depends only on the conditions `z (N, D)`, and `log_prob_given(params, x,

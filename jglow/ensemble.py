@@ -101,42 +101,38 @@ def _sample_with_members(params: EnsembleParams, key, z, temperature):
 
 # --- public API: a GlowParams or an EnsembleParams --------------------------------------------
 
-def _validated(params: EnsembleParams, x, z):
-    x, z = jnp.asarray(x, jnp.float32), jnp.asarray(z, jnp.float32)
-    checks.check_conditions(params.config, z, checks.check_maps(params.config, x))
-    return x, z
-
-
-def log_prob(params, x, z):
+def log_prob(params, x, z, extrapolate=False):
     """`log p(x | z)` in nats, `(N,)`, for maps `x (N, H, W, C)` and conditions `z (N, D)`.
 
     `params`: a `GlowParams` (`jglow.model.log_prob`) or an `EnsembleParams`, whose density is
-    the mixture of its members'. Shapes are checked before tracing.
+    the mixture of its members'. Shapes are checked before tracing; concrete values must be
+    finite and real, and `z` in the prior box `[−1, 1]` unless `extrapolate`. `N` may be 0.
     """
     checks.check_params(params, ensembles=True)
     if not isinstance(params, EnsembleParams):
-        return model.log_prob(params, x, z)
-    return _log_prob(params, *_validated(params, x, z))
+        return model.log_prob(params, x, z, extrapolate)
+    x, z = checks.maps_and_conditions(params.config, x, z, extrapolate)
+    return _log_prob(params, x, z) if x.shape[0] else jnp.zeros((0,), jnp.float32)
 
 
-def sample_with_members(params: EnsembleParams, key, z, temperature=1.0):
+def sample_with_members(params: EnsembleParams, key, z, temperature=1.0, extrapolate=False):
     """`(x (N, H, W, C), members (N,) int32)`: one map per row of `z (N, D)` from the mixture.
 
     Row `n` draws its member `members[n]` uniformly from `0..K-1` with the first key of
     `jax.random.split(key)`, and `x[n]` is row `n` of that member's sample at `temperature` with
     the second key: `jglow.sample(member(params, members[n]), jax.random.split(key)[1], z,
     temperature)[n]` (to float32 rounding). Every member samples every row, so the work is K
-    samples of N maps.
+    samples of N maps. Inputs are checked as by `jglow.model.sample`.
     """
     _check_ensemble(params)
-    z = jnp.asarray(z, jnp.float32)
-    checks.check_conditions(params.config, z, z.shape[0] if z.ndim == 2 else -1)
-    if not float(temperature) >= 0.0:
-        raise ValueError(f"temperature must be a non-negative number, got {temperature}")
-    return _sample_with_members(params, key, z, jnp.float32(temperature))
+    z = checks.sampling_conditions(params.config, z, extrapolate)
+    temperature = checks.temperature(temperature)
+    if not z.shape[0]:
+        return model.empty_maps(params.config), jnp.zeros((0,), jnp.int32)
+    return _sample_with_members(params, key, z, temperature)
 
 
-def sample(params, key, z, temperature=1.0):
+def sample(params, key, z, temperature=1.0, extrapolate=False):
     """Maps `(N, H, W, C)` drawn from `p(x | z)` at `temperature`, one per row of `z (N, D)`.
 
     `params`: a `GlowParams` (`jglow.model.sample`) or an `EnsembleParams`, sampled from the
@@ -144,8 +140,8 @@ def sample(params, key, z, temperature=1.0):
     """
     checks.check_params(params, ensembles=True)
     if not isinstance(params, EnsembleParams):
-        return model.sample(params, key, z, temperature)
-    return sample_with_members(params, key, z, temperature)[0]
+        return model.sample(params, key, z, temperature, extrapolate)
+    return sample_with_members(params, key, z, temperature, extrapolate)[0]
 
 
 def _no_latent_space(name: str):
@@ -154,15 +150,15 @@ def _no_latent_space(name: str):
                      f"jglow.ensemble.member(params, k)")
 
 
-def encode(params, x, z):
+def encode(params, x, z, extrapolate=False):
     """`jglow.model.encode` for a `GlowParams`; an `EnsembleParams` is refused (TypeError)."""
     if isinstance(params, EnsembleParams):
         raise _no_latent_space("encode")
-    return model.encode(params, x, z)
+    return model.encode(params, x, z, extrapolate)
 
 
-def decode(params, latents, z):
+def decode(params, latents, z, extrapolate=False):
     """`jglow.model.decode` for a `GlowParams`; an `EnsembleParams` is refused (TypeError)."""
     if isinstance(params, EnsembleParams):
         raise _no_latent_space("decode")
-    return model.decode(params, latents, z)
+    return model.decode(params, latents, z, extrapolate)

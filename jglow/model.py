@@ -91,11 +91,12 @@ def init(key, config: GlowConfig, x, z) -> GlowParams:
 
     Coupling and injector outputs start at zero, invertible convolutions as random rotations,
     priors as N(0, I); with `config.actnorm`, each ActNorm normalises `x` as it reaches it.
+    Concrete values must be finite and real; `z` is not held to the prior box, as it serves only
+    the data-dependent initialisation.
     """
     if not isinstance(config, GlowConfig):
         raise TypeError(f"config must be a GlowConfig, got {type(config).__name__}")
-    x, z = jnp.asarray(x, jnp.float32), jnp.asarray(z, jnp.float32)
-    checks.check_conditions(config, z, checks.check_maps(config, x))
+    x, z = checks.maps_and_conditions(config, x, z, extrapolate=True)
     params = _random_init(key, config)
     return _init_actnorm(params, x, z) if config.actnorm else params
 
@@ -234,39 +235,46 @@ def _unflatten(config: GlowConfig, flat):
             for s, n, shape in zip(starts, sizes, config.latent_shapes())]
 
 
-def _validated(params, x, z):
-    checks.check_params(params)
-    x, z = jnp.asarray(x, jnp.float32), jnp.asarray(z, jnp.float32)
-    checks.check_conditions(params.config, z, checks.check_maps(params.config, x))
-    return x, z
+def log_prob(params: GlowParams, x, z, extrapolate=False):
+    """`log p(x | z)` in nats, `(N,)`, for maps `x (N, H, W, C)` and conditions `z (N, D)`.
 
-
-def log_prob(params: GlowParams, x, z):
-    """`log p(x | z)` in nats, `(N,)`, for maps `x (N, H, W, C)` and conditions `z (N, D)`."""
-    return _log_prob(params, *_validated(params, x, z))
-
-
-def encode(params: GlowParams, x, z):
-    """Latents of `x (N, H, W, C)` as the flow emits them, levels concatenated: `(N, H·W·C)`."""
-    return _encode(params, *_validated(params, x, z))
-
-
-def decode(params: GlowParams, latents, z):
-    """Inverse of `encode`: `latents (N, H·W·C)`, `z (N, D)` → maps `(N, H, W, C)`."""
-    checks.check_params(params)
-    latents, z = jnp.asarray(latents, jnp.float32), jnp.asarray(z, jnp.float32)
-    checks.check_conditions(params.config, z, checks.check_latents(params.config, latents))
-    return _decode(params, latents, z)
-
-
-def sample(params: GlowParams, key, z, temperature=1.0):
-    """Maps `(N, H, W, C)` drawn from `p(x | z)` at `temperature`, one per row of `z (N, D)`.
-
-    Each latent is drawn from its own prior, `ε = μ(z) + T·exp(v(z)/2)·n`, then inverted.
+    Concrete inputs are checked (`jglow.checks`): finite real values, and `z` in the prior box
+    `[−1, 1]` unless `extrapolate`. `N` may be 0.
     """
     checks.check_params(params)
-    z = jnp.asarray(z, jnp.float32)
-    checks.check_conditions(params.config, z, z.shape[0] if z.ndim == 2 else -1)
-    if not float(temperature) >= 0.0:
-        raise ValueError(f"temperature must be a non-negative number, got {temperature}")
-    return _sample(params, key, z, jnp.float32(temperature))
+    x, z = checks.maps_and_conditions(params.config, x, z, extrapolate)
+    return _log_prob(params, x, z) if x.shape[0] else jnp.zeros((0,), jnp.float32)
+
+
+def encode(params: GlowParams, x, z, extrapolate=False):
+    """Latents of `x (N, H, W, C)` as the flow emits them, levels concatenated: `(N, H·W·C)`;
+    inputs checked as by `log_prob`."""
+    checks.check_params(params)
+    x, z = checks.maps_and_conditions(params.config, x, z, extrapolate)
+    return _encode(params, x, z) if x.shape[0] else jnp.zeros((0, params.config.dim), jnp.float32)
+
+
+def decode(params: GlowParams, latents, z, extrapolate=False):
+    """Inverse of `encode`: `latents (N, H·W·C)`, `z (N, D)` → maps `(N, H, W, C)`; inputs
+    checked as by `log_prob`."""
+    checks.check_params(params)
+    latents, z = checks.latents_and_conditions(params.config, latents, z, extrapolate)
+    return _decode(params, latents, z) if z.shape[0] else empty_maps(params.config)
+
+
+def sample(params: GlowParams, key, z, temperature=1.0, extrapolate=False):
+    """Maps `(N, H, W, C)` drawn from `p(x | z)` at `temperature`, one per row of `z (N, D)`.
+
+    Each latent is drawn from its own prior, `ε = μ(z) + T·exp(v(z)/2)·n`, then inverted; at
+    `temperature` 0 that is the prior's mean. `z` is checked as by `log_prob`, `temperature`
+    must be finite and >= 0.
+    """
+    checks.check_params(params)
+    z = checks.sampling_conditions(params.config, z, extrapolate)
+    temperature = checks.temperature(temperature)
+    return _sample(params, key, z, temperature) if z.shape[0] else empty_maps(params.config)
+
+
+def empty_maps(config: GlowConfig):
+    """The empty batch of maps, `(0, H, W, C)`."""
+    return jnp.zeros((0, *config.image_shape), jnp.float32)

@@ -31,7 +31,7 @@ from typing import NamedTuple
 import jax
 import numpy as np
 
-from jglow import ensemble
+from jglow import ensemble, records
 from jglow.config import GlowConfig
 from jglow.data.preprocessing import Preprocessing
 from jglow.errors import InputError
@@ -46,6 +46,17 @@ PARAMS_FILE = "params.npz"
 ENSEMBLE_FORMAT = "jglow-ensemble"
 ENSEMBLE_VERSION = 1
 ENSEMBLE_FILE = "ensemble.json"
+RECORD_KINDS = {"format": records.TEXT, "version": records.INT, "config": records.OBJECT,
+                "preprocessing": records.OBJECT, "params_sha256": records.TEXT}
+"""The keys of `model.json` and the kinds of their values (`jglow.records`)."""
+PREPROCESSING_KINDS = {"method": records.TEXT, "center": records.NUMBER,
+                       "scale": records.NUMBER, "box": records.PAIRS}
+"""The keys of `model.json`'s preprocessing (`Preprocessing.to_dict`)."""
+CONFIG_ADDED_LATER = {"padding": "zero"}
+"""`GlowConfig` fields added after the first records were written, at the value the models of
+those records have: a record without them reads as it always did."""
+ENSEMBLE_KINDS = {"format": records.TEXT, "version": records.INT, "members": records.TEXTS}
+"""The keys of `ensemble.json`."""
 
 
 class TrainedModel(NamedTuple):
@@ -115,14 +126,35 @@ def _read_record(directory: pathlib.Path) -> dict:
             raise FileNotFoundError(f"{required} not found: {directory} is not a jglow model "
                                     f"directory (expected {CONFIG_FILE} and {PARAMS_FILE}, as "
                                     f"written by jglow.save or the trainer)")
-    record = json.loads(config_path.read_text())
+    record = records.read_json(config_path)
     if record.get("format") != FORMAT or record.get("version") != VERSION:
         raise InputError(f"{config_path}: format {record.get('format')!r} version "
                          f"{record.get('version')!r}, expected {FORMAT!r} version {VERSION}")
+    records.check_keys(record, RECORD_KINDS, str(config_path))
+    record = dict(record, config=config_record(record["config"], f"{config_path}: config"))
+    records.check_keys(record["preprocessing"], PREPROCESSING_KINDS,
+                       f"{config_path}: preprocessing")
     if record["params_sha256"] != _sha256(params_path):
         raise InputError(f"{params_path} does not match the checksum in {config_path}: the pair "
                          f"was torn (e.g. a crash while saving); save the model again")
     return record
+
+
+def config_record(config: dict, source: str) -> dict:
+    """A `GlowConfig`'s record (`model.json`'s config, `run.json`'s model) with
+    `CONFIG_ADDED_LATER` filled in, its keys and their kinds checked (`InputError` naming
+    `source`)."""
+    config = {**CONFIG_ADDED_LATER, **config}
+    records.check_keys(config, records.kinds_of(GlowConfig), source)
+    return config
+
+
+def _model_of(record: dict, directory: pathlib.Path):
+    """`(GlowConfig, Preprocessing)` of a checked `model.json` record; `InputError` naming the
+    file for values they refuse."""
+    source = str(directory / CONFIG_FILE)
+    return (records.construct(GlowConfig, source, **record["config"]),
+            records.construct(Preprocessing.from_dict, source, record["preprocessing"]))
 
 
 def _template(config: GlowConfig) -> GlowParams:
@@ -153,12 +185,13 @@ def _read_params(directory: pathlib.Path, template: GlowParams) -> GlowParams:
     return jax.tree_util.tree_unflatten(treedef, leaves)
 
 
-def _check_members_agree(member_dirs, records) -> None:
+def _check_members_agree(member_dirs, member_records) -> None:
     """Every member's config and preprocessing must equal member 0's (`model.json` records)."""
-    for directory, record in zip(member_dirs[1:], records[1:]):
+    first = member_records[0]
+    for directory, record in zip(member_dirs[1:], member_records[1:]):
         for key in ("config", "preprocessing"):
-            if record[key] != records[0][key]:
-                differences = ensemble.field_differences(records[0][key], record[key])
+            if record[key] != first[key]:
+                differences = ensemble.field_differences(first[key], record[key])
                 raise InputError(f"ensemble member {directory} has another {key} than member "
                                  f"{member_dirs[0]} ({differences}); the members of an "
                                  f"ensemble must share their config and preprocessing")
@@ -167,27 +200,24 @@ def _check_members_agree(member_dirs, records) -> None:
 def ensemble_member_dirs(directory: pathlib.Path) -> list:
     """The member directories listed by `directory/ensemble.json`, checked."""
     path = directory / ENSEMBLE_FILE
-    record = json.loads(path.read_text())
+    record = records.read_json(path)
     if record.get("format") != ENSEMBLE_FORMAT or record.get("version") != ENSEMBLE_VERSION:
         raise InputError(f"{path}: format {record.get('format')!r} version "
                          f"{record.get('version')!r}, expected {ENSEMBLE_FORMAT!r} version "
                          f"{ENSEMBLE_VERSION}")
-    members = record.get("members")
-    if not isinstance(members, list) or not members or not all(
-            isinstance(m, str) for m in members):
-        raise InputError(f"{path}: members {members!r}, expected a non-empty list of member "
-                         f"directories relative to {directory}")
-    return [directory / m for m in members]
+    records.check_keys(record, ENSEMBLE_KINDS, f"{path} (members: directories relative to "
+                                               f"{directory})")
+    return [directory / m for m in record["members"]]
 
 
 def _load_ensemble(directory: pathlib.Path) -> TrainedModel:
     member_dirs = ensemble_member_dirs(directory)
-    records = [_read_record(d) for d in member_dirs]
-    _check_members_agree(member_dirs, records)
-    config = GlowConfig(**records[0]["config"])
+    member_records = [_read_record(d) for d in member_dirs]
+    _check_members_agree(member_dirs, member_records)
+    config, preprocessing = _model_of(member_records[0], member_dirs[0])
     template = _template(config)
     params = ensemble.stack([_read_params(d, template) for d in member_dirs])
-    return TrainedModel(config, params, Preprocessing.from_dict(records[0]["preprocessing"]))
+    return TrainedModel(config, params, preprocessing)
 
 
 def load(path) -> TrainedModel:
@@ -197,7 +227,9 @@ def load(path) -> TrainedModel:
 
     Raises:
       FileNotFoundError: `path` (or a member) lacks `model.json` or `params.npz`.
-      InputError (a `ValueError`): unknown format, a checksum mismatch, leaves whose names or
+      InputError (a `ValueError`): unknown format, a `model.json` or `ensemble.json` that is
+        not valid JSON or has a missing or unknown key or a value of the wrong kind or range
+        (naming the file, the key and the value), a checksum mismatch, leaves whose names or
         shapes do not match the configuration (naming the first difference), or ensemble
         members whose config or preprocessing differ (naming the first differing member and
         the fields).
@@ -205,10 +237,9 @@ def load(path) -> TrainedModel:
     directory = pathlib.Path(path)
     if (directory / ENSEMBLE_FILE).is_file():
         return _load_ensemble(directory)
-    record = _read_record(directory)
-    config = GlowConfig(**record["config"])
+    config, preprocessing = _model_of(_read_record(directory), directory)
     params = _read_params(directory, _template(config))
-    return TrainedModel(config, params, Preprocessing.from_dict(record["preprocessing"]))
+    return TrainedModel(config, params, preprocessing)
 
 
 def save_ensemble(path, member_dirs) -> None:

@@ -203,7 +203,7 @@ def test_bad_shapes_raise_value_errors_naming_received_and_expected(model):
         jglow.decode(params, jnp.zeros((16, 255)), z)
     with pytest.raises(ValueError, match=r"z must have shape \(N, 2\).*got \(2,\)"):
         jglow.sample(params, jax.random.PRNGKey(0), z[0])
-    with pytest.raises(ValueError, match=r"temperature must be a non-negative number, got -1"):
+    with pytest.raises(ValueError, match=r"temperature must be a finite real number >= 0.*got -1"):
         jglow.sample(params, jax.random.PRNGKey(0), z, temperature=-1)
     with pytest.raises(TypeError, match=r"params must be the GlowParams.*got dict"):
         jglow.log_prob({}, x, z)

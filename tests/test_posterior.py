@@ -42,7 +42,7 @@ def setup():
 def loop_log_prob(setup):
     """`(B, M)`: `jglow.log_prob` of each map at each condition, one pair at a time."""
     params, _, _, x, zs = setup
-    return np.array([[float(jglow.log_prob(params, x[b:b + 1], zs[m:m + 1])[0])
+    return np.array([[float(jglow.log_prob(params, x[b:b + 1], zs[m:m + 1], True)[0])
                       for m in range(len(zs))] for b in range(len(x))])
 
 

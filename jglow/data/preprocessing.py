@@ -36,6 +36,9 @@ from jglow.data.prior import PRIOR_BOX, from_unit_box, to_unit_box
 from jglow.data.validation import check_positive_chunk, check_positive_maps, map_chunks
 
 METHODS = ("minmax", "sigmoid")
+SIGMOID_RANGE = 3.0
+"""With "sigmoid", the training maps' range is taken as `log10` within this many standard
+deviations of their mean (`Preprocessing.trained_range`)."""
 _LN10 = math.log(10.0)
 
 
@@ -114,6 +117,22 @@ class Preprocessing:
         """Conditions `z` `(..., D)` → physical parameters `(..., D)`."""
         low, high = self._box_arrays(z, "z")
         return from_unit_box(jnp.asarray(z, jnp.float32), low, high)
+
+    def trained_range(self) -> tuple:
+        """`(low, high)` in dex: the range of `log10` of the training maps' pixels ("minmax":
+        all of them, model space `[−1, 1]`; "sigmoid": within `SIGMOID_RANGE` standard
+        deviations of their mean)."""
+        half = self.scale if self.method == "minmax" else SIGMOID_RANGE * self.scale
+        return self.center - half, self.center + half
+
+    def fraction_outside(self, maps) -> np.ndarray:
+        """`(N,)` float64: the fraction of each raw map's pixels `(N, H, W)` whose `log10` lies
+        outside `trained_range()`; pixels that are not positive and finite count as outside."""
+        low, high = self.trained_range()
+        with np.errstate(divide="ignore", invalid="ignore"):
+            y = np.log10(np.asarray(maps, np.float64))
+        inside = (y >= low) & (y <= high)
+        return 1.0 - inside.reshape(len(y), -1).mean(axis=1)
 
     def to_dict(self):
         """A JSON-serialisable dict of plain strings, floats and lists."""

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import pathlib
 import shutil
 import sys
@@ -26,9 +27,11 @@ import numpy as np
 import orbax.checkpoint as ocp
 from orbax.checkpoint.checkpoint_managers import AnyPreservationPolicy, BestN, LatestN
 
+from jglow import records
 from jglow.errors import InputError
 from jglow.files import replace_atomically
-from jglow.train.config import TrainConfig, UsageError
+from jglow.saving import config_record
+from jglow.train.config import RESUMABLE_FIELDS, TrainConfig, UsageError
 
 RUN_FILE = "run.json"
 CHECKPOINT_DIR = "checkpoints"
@@ -65,6 +68,40 @@ def clear_run(workdir: pathlib.Path) -> None:
             path.unlink()
 
 
+def check_workdir(workdir: pathlib.Path) -> None:
+    """`workdir` must be a folder this process can write in, created here if absent; a regular
+    file, a path through one, or a folder that cannot be created or written is a `UsageError`
+    naming it."""
+    if workdir.exists() and not workdir.is_dir():
+        raise UsageError(f"--workdir {workdir} is a file; expected a folder (new, or holding a "
+                         f"run to resume)")
+    try:
+        workdir.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        raise UsageError(f"--workdir {workdir}: cannot create the folder ({error.strerror}); "
+                         f"expected a folder that can be written") from None
+    if not os.access(workdir, os.W_OK | os.X_OK):
+        raise UsageError(f"--workdir {workdir}: the folder is not writable; expected a folder "
+                         f"that can be written")
+
+
+def read_run(path) -> dict:
+    """The record of the `run.json` at `path` (`TrainConfig.identity`), the fields added after
+    it was written at their defaults (`TrainConfig.with_defaults`), every key and its kind
+    checked (`InputError` naming the file and the key)."""
+    record = TrainConfig.with_defaults(records.read_json(path))
+    kinds = {name: kind for name, kind in records.kinds_of(TrainConfig).items()
+             if name not in RESUMABLE_FIELDS}
+    records.check_keys(record, {"model": records.OBJECT, **kinds}, str(path))
+    return dict(record, model=config_record(record["model"], f"{path}: model"))
+
+
+def read_run_config(path) -> TrainConfig:
+    """The `TrainConfig` of the `run.json` at `path` (`read_run`); `InputError` naming the file
+    for values it refuses."""
+    return records.construct(TrainConfig.from_identity, str(path), read_run(path))
+
+
 def claim_workdir(workdir, config: TrainConfig, overwrite: bool, write: bool = True) -> None:
     """Tie `workdir` to `config`: a fresh or matching workdir is accepted; one holding a
     different configuration is refused, naming the differences, unless `overwrite`. With
@@ -74,8 +111,7 @@ def claim_workdir(workdir, config: TrainConfig, overwrite: bool, write: bool = T
     run_file = workdir / RUN_FILE
     wanted = json.loads(json.dumps(config.identity()))
     if run_file.is_file():
-        differences = _differences(TrainConfig.with_defaults(json.loads(run_file.read_text())),
-                                   wanted)
+        differences = _differences(read_run(run_file), wanted)
         if differences and not overwrite:
             raise UsageError(
                 f"workdir {workdir} holds a run with a different configuration "

@@ -74,8 +74,8 @@ from jglow.posterior.summary import SummaryLikelihood, fit_summary_likelihood
 from jglow.saving import TrainedModel
 from jglow.stats import (ks_distance, mean_std_power, pixel_pdfs, power_spectrum, r2_score,
                          score_summary, spectrum_ratios, within_standard_errors)
-from jglow.train import cli, figures, infer, report
-from jglow.train.checkpoints import RUN_FILE
+from jglow.train import cli, figures, infer, inputs, report
+from jglow.train.checkpoints import RUN_FILE, read_run_config
 from jglow.train.config import TrainConfig, UsageError
 from jglow.train.data import Split, exact_nll
 from jglow.train.state import bits_per_dim
@@ -119,7 +119,7 @@ def run_config(workdir) -> TrainConfig:
         raise UsageError(f"--model {workdir}: {path} not found; expected the workdir of a "
                          f"training run (python -m train.main --workdir ...), whose run.json "
                          f"names the data and whose test split gives the held-out maps")
-    return TrainConfig.from_identity(json.loads(path.read_text()))
+    return read_run_config(path)
 
 
 class HeldOut(NamedTuple):
@@ -502,7 +502,9 @@ def check_options(options: Options) -> None:
 
 
 def load_inputs(options: Options) -> tuple:
-    """`(model, config with the evaluated data, HeldOut)` for `options`."""
+    """`(model, config with the evaluated data, HeldOut)` for `options`; held-out maps mostly
+    outside the range the model was trained on are warned of on stderr
+    (`jglow.train.inputs.range_warnings`)."""
     workdir = pathlib.Path(options.model)
     if not workdir.is_dir():
         raise UsageError(f"--model {options.model!r}: no such directory; expected the workdir "
@@ -514,7 +516,11 @@ def load_inputs(options: Options) -> tuple:
                          f"model is {model.config}")
     if options.data is not None:
         config = dataclasses.replace(config, data=options.data)
-    return model, config, held_out(config, model)
+    data = held_out(config, model)
+    for line in inputs.range_warnings(model.preprocessing, data.test.maps,
+                                      f"held-out maps of {config.data}"):
+        print(line, file=sys.stderr)
+    return model, config, data
 
 
 def command_line(options: Options) -> str:

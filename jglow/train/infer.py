@@ -34,11 +34,13 @@ import numpy as np
 
 from jglow import backend, posterior
 from jglow.data import BOX_SIZE, PRIOR_BOX, synthetic_maps
+from jglow.data.validation import check_positive_maps, load_numbers
 from jglow.errors import InputError
+from jglow.posterior.density import parameter_names
 from jglow.posterior.grid import evaluations_per_chunk
 from jglow.posterior.recalibration import TemperedLikelihood
 from jglow.saving import load
-from jglow.train import cli, report
+from jglow.train import cli, inputs, report
 
 CPU_MAP_BATCH = 16
 """Maps per likelihood call by default on the CPU."""
@@ -62,20 +64,46 @@ def points_per_map(grid, zoom: bool, box) -> int:
     return int(np.prod([axis.size for axis in posterior.grid_axes(grid, box)]))
 
 
-def load_maps(path, params_path=None):
-    """`(maps (N, H, W) float32, truths (N, 2) or None)` from `.npy` files; `InputError` for
-    arrays of other shapes."""
-    maps = np.load(path, mmap_mode="r")
+def load_maps(path, params_path=None, box=PRIOR_BOX):
+    """`(maps (N, H, W) float32, truths (N, 2) or None)` from `.npy` files of real numbers
+    (`load_numbers`); `InputError` for arrays of other shapes, no maps, or truths that are not
+    finite or lie outside `box`."""
+    maps = load_numbers(path, "--map")
     maps = np.asarray(maps[None] if maps.ndim == 2 else maps, np.float32)
     if maps.ndim != 3:
         raise InputError(f"{path}: expected maps of shape (H, W) or (N, H, W), got {maps.shape}")
+    if not maps.size:
+        raise InputError(f"{path}: holds no maps (shape {maps.shape}); expected at least one map")
     if params_path is None:
         return maps, None
-    truths = np.atleast_2d(np.load(params_path)).astype(np.float64)
+    truths = np.atleast_2d(load_numbers(params_path, "--params")).astype(np.float64)
     if truths.shape not in ((1, 2), (maps.shape[0], 2)):
         raise InputError(f"{params_path}: expected parameters of shape (2,) or "
                          f"({maps.shape[0]}, 2), got {truths.shape}")
+    check_in_box(truths, box, params_path)
     return maps, np.broadcast_to(truths, (maps.shape[0], 2))
+
+
+def check_in_box(truths, box, source) -> None:
+    """Physical truths `(N, D)` must be finite and inside the prior box `box` (`D` intervals);
+    `InputError` naming `source`, the row, the parameter, its value and the box."""
+    low, high = np.asarray(box, np.float64).T
+    bad = ~(np.isfinite(truths) & (truths >= low) & (truths <= high))
+    if bad.any():
+        row, column = (int(i) for i in np.argwhere(bad)[0])
+        name, value = parameter_names(len(box))[column], float(truths[row, column])
+        raise InputError(f"{source}: row {row} has {name} = {value!r}; expected a finite value "
+                         f"in the prior box {name} in [{low[column]:g}, {high[column]:g}]")
+
+
+def check_maps(model, maps, source="maps") -> None:
+    """Raw maps must be `(N, H, W)` with the model's `H, W`, every pixel positive and finite;
+    `InputError` naming `source` and the first bad map otherwise."""
+    height, width, _ = model.params.config.image_shape
+    if np.ndim(maps) != 3 or np.shape(maps)[1:] != (height, width):
+        raise InputError(f"maps must have shape (N, {height}, {width}) for this model, got "
+                         f"{np.shape(maps)}")
+    check_positive_maps(maps, source)
 
 
 def _write_json(path, data):
@@ -176,12 +204,10 @@ def infer(model, maps, out_dir, truths=None, references=None, grid=30, chunk_siz
       The summary dict (also written to `summary.json`); `summary["coverage"]` holds each
       set's calibration by name when truths are known.
     Raises:
-      InputError: maps not of shape `(N, H, W)` with the model's `H, W`.
+      InputError: maps not of shape `(N, H, W)` with the model's `H, W`, or with a pixel
+        that is not positive and finite.
     """
-    height, width, _ = model.params.config.image_shape
-    if np.ndim(maps) != 3 or np.shape(maps)[1:] != (height, width):
-        raise InputError(f"maps must have shape (N, {height}, {width}) for this model, got "
-                         f"{np.shape(maps)}")
+    check_maps(model, maps)
     os.makedirs(out_dir, exist_ok=True)
     box = model.preprocessing.box
     map_batch = map_batch or default_map_batch(model.params, points_per_map(grid, zoom, box))
@@ -264,7 +290,10 @@ def run(argv=None) -> dict:
                                   seed=args.seed)
         maps, truths = np.asarray(held_out.maps), np.asarray(held_out.params, np.float64)
     else:
-        maps, truths = load_maps(args.map, args.params)
+        maps, truths = load_maps(args.map, args.params, model.preprocessing.box)
+        check_maps(model, maps, f"--map {args.map}")
+        for line in inputs.range_warnings(model.preprocessing, maps, f"--map {args.map}"):
+            print(line, file=sys.stderr)
     grid = args.grid[0] if len(args.grid) == 1 else tuple(args.grid)
     references = {"exact": posterior.SyntheticLikelihood(args.box_size)} if args.synthetic else {}
     baseline, temperature = report.saved_baseline(args.model), report.saved_temperature(args.model)

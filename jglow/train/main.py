@@ -392,6 +392,7 @@ def _checked_mesh(config: TrainConfig, workdir: pathlib.Path, accelerator: Optio
     the workdir's lock (process 0; released when `held` closes)."""
     mesh = parallel.make_mesh(parallel.select_devices(accelerator))
     parallel.check_batch(config.batch_size, mesh)
+    checkpoints.check_workdir(workdir)
     checkpoints.claim_workdir(workdir, config, overwrite, write=False)
     if jax.process_index() == 0:
         held.enter_context(lock.hold(workdir))
