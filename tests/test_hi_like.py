@@ -202,6 +202,11 @@ def test_every_preset_trains_on_a_fixed_set_of_files(tmp_path, capsys):
              "--max-steps", "3", "--warmup-steps", "2", "--figure-every", "0", "--no-progress"]
     config = config_from_args(build_parser().parse_args(flags))
     assert not config.fresh_data and config.schedule == "cosine" and config.ema_decay > 0
+    assert config.condition_noise == 0.2  # the standard preset's lever for a fixed set
+    assert config_from_args(build_parser().parse_args(
+        flags + ["--condition-noise", "0"])).condition_noise == 0.0
+    assert config_from_args(build_parser().parse_args(
+        ["--preset", "standard"])).condition_noise == 0.0  # fresh lognormal simulations
     assert data_line(config) == f"data: the fixed set of simulations in {tmp_path / 'data'}"
     result = run(config, tmp_path / "run", progress=False)
     assert int(result.state.step) == 3 and result.model is not None
