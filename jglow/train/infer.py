@@ -15,13 +15,21 @@ instead of 900); `--no-zoom` evaluates the plain `--grid` over the box. When tru
 the likelihood is evaluated at each truth too, and the truth's credible level is the posterior
 mass denser than the posterior density there.
 
+Beside the model's, the posteriors of reference likelihoods of the same maps are computed on
+their own grids: the exact likelihood's for `--synthetic` maps, and, once `python -m
+train.evaluate` has run on the workdir, the summary-statistic baseline's (`baseline`, fitted on
+the training split, `WORKDIR/evaluation/baseline.json`) and the recalibrated model's
+(`recalibrated`: the log-likelihood divided by the temperature fitted on validation maps,
+`WORKDIR/evaluation/recalibration.json`).
+
 Writes to `--out` (default `WORKDIR/inference`): `map_NNNN.json` (the posterior summary per map,
-with the truth's credibility and ranks when known, and the exact posterior's for synthetic maps),
-`map_NNNN.png` for the first `--figures` maps (filled HPD contours, truth marked, marginals),
+with the truth's credibility and ranks when known, and each reference's), `map_NNNN.png` for
+the first `--figures` maps (filled HPD contours, truth marked, marginals, the first reference
+dashed),
 `posteriors.npz` (each map's grid axes and log-likelihood table, the truths and their
 log-likelihoods), and, when two or more maps have known truths, `coverage.json` and
 `coverage.png` (HPD coverage, the expected-coverage curve with its band and the rank histograms,
-model and exact). `summary.json` holds the printed summary; after it, the calibration the model
+of the model and each reference). `summary.json` holds the printed summary; after it, the calibration the model
 reached on held-out data is printed from `WORKDIR/evaluation/report.json` (`python -m
 train.evaluate`), with a `warning:` line on stderr when it is outside the binomial band.
 """
