@@ -5,7 +5,8 @@
 
 Reads the log-likelihood tables that `train.infer` (and so `train.evaluate`) writes to
 `posteriors.npz` (flat prior over each set's grid), and draws the `--main` set's posterior with
-filled HPD regions and the `--reference` set's as dashed contours (`jglow.posterior.plot_posterior`).
+filled HPD regions and the `--reference` set's as dashed contours
+(`jglow.posterior.plot_posterior`).
 """
 
 import argparse

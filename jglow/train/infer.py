@@ -29,9 +29,10 @@ dashed),
 `posteriors.npz` (each map's grid axes and log-likelihood table, the truths and their
 log-likelihoods), and, when two or more maps have known truths, `coverage.json` and
 `coverage.png` (HPD coverage, the expected-coverage curve with its band and the rank histograms,
-of the model and each reference). `summary.json` holds the printed summary; after it, the calibration the model
-reached on held-out data is printed from `WORKDIR/evaluation/report.json` (`python -m
-train.evaluate`), with a `warning:` line on stderr when it is outside the binomial band.
+of the model and each reference). `summary.json` holds the printed summary; after it, the
+calibration the model reached on held-out data is printed from `WORKDIR/evaluation/report.json`
+(`python -m train.evaluate`), with a `warning:` line on stderr when it is outside the binomial
+band.
 """
 
 import json
