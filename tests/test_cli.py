@@ -19,14 +19,15 @@ from helpers import tiny_config
 import jglow
 from jglow.data import fit_preprocessing, synthetic_maps
 from jglow.saving import TrainedModel
-from jglow.train import cli, ensemble, evaluate, infer
+from jglow.train import cli, ensemble, evaluate, infer, make_data
 from jglow.train import main as train_main
 from jglow.train.main import TrainingStopped
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 SCRIPTS = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["scripts"]
 REQUIRED = {"jglow-train": [], "jglow-ensemble": ["--members", "1"],
-            "jglow-evaluate": ["--model", "m"], "jglow-infer": ["--model", "m", "--synthetic", "1"]}
+            "jglow-evaluate": ["--model", "m"], "jglow-infer": ["--model", "m", "--synthetic", "1"],
+            "jglow-make-data": ["--out", "d"]}
 """Each console script's required flags."""
 TINY = ["--map-size", "16", "--levels", "2", "--steps", "2", "--hidden", "8", "--batch-size",
         "16", "--no-progress"]
@@ -162,11 +163,12 @@ def test_infer_refuses_bad_flags_before_loading_the_model(flags, message, tmp_pa
 
 # --- every command -----------------------------------------------------------------------------
 
-def test_the_console_scripts_are_those_of_the_four_commands():
+def test_the_console_scripts_are_those_of_the_five_commands():
     assert SCRIPTS == {"jglow-train": "jglow.train.main:main",
                        "jglow-ensemble": "jglow.train.ensemble:main",
                        "jglow-evaluate": "jglow.train.evaluate:main",
-                       "jglow-infer": "jglow.train.infer:main"}
+                       "jglow-infer": "jglow.train.infer:main",
+                       "jglow-make-data": "jglow.train.make_data:main"}
 
 
 @pytest.mark.parametrize("script", sorted(SCRIPTS))
@@ -180,7 +182,8 @@ def test_every_console_script_target_returns_2_on_an_unknown_flag(script, capsys
 
 PARSERS = {"jglow-train": lambda argv: train_main.build_parser().parse_args(argv),
            "jglow-ensemble": lambda argv: ensemble.build_ensemble_parser().parse_args(argv),
-           "jglow-evaluate": evaluate.parse_args, "jglow-infer": infer.parse_args}
+           "jglow-evaluate": evaluate.parse_args, "jglow-infer": infer.parse_args,
+           "jglow-make-data": lambda argv: make_data.build_parser().parse_args(argv)}
 """Each command's parsing of its flags (parsers built at the call, when the name is taken)."""
 
 
