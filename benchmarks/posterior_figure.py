@@ -17,9 +17,9 @@ import numpy as np
 from jglow.data import PRIOR_BOX
 from jglow.posterior import plot_posterior, posterior_on_grid
 from jglow.posterior.density import parameter_names
+from jglow.train.infer import REFERENCE_LABELS
 
-LABELS = {"model": "model", "recalibrated": "model, recalibrated", "exact": "exact likelihood",
-          "baseline": "power spectrum + moments"}
+LABELS = {"model": "model", **REFERENCE_LABELS}
 
 
 def posterior_of(tables, name, index):

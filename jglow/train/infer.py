@@ -198,9 +198,10 @@ def infer(model, maps, out_dir, truths=None, references=None, grid=30, chunk_siz
       maps: raw maps `(N, H, W)`.
       out_dir: output directory (created).
       truths: physical `(N, 2)` truths, or `None`; the likelihoods are evaluated there too.
-      references: `{name: log-likelihood}` of the same maps to compare against on the same
-        grids, e.g. `{"exact": SyntheticLikelihood()}` or `{"baseline": SummaryLikelihood}`
-        (`jglow.posterior.summary`); the first is drawn in the posterior figures.
+      references: `{name: log-likelihood}` of the same maps to compare against (each on its
+        own grids, zoomed where its own posterior is), e.g. `{"exact": SyntheticLikelihood()}`
+        or `{"baseline": SummaryLikelihood}` (`jglow.posterior.summary`); the first is drawn in
+        the posterior figures.
       grid: `jglow.posterior.grid_axes` argument over the model's prior box; with `zoom`, the
         budget of evaluations per map (`jglow.posterior.zoom_counts`).
       chunk_size: conditions per chunk in `grid_log_prob` (None: its default for the backend);
